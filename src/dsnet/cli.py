@@ -1,0 +1,101 @@
+"""The `dsnet` command: a table from subcommand to library function, plus argument parsing.
+
+Each subcommand is a pair (add its arguments, run it) and calls an ordinary library function, so everything
+the command line does can be done from Python with the same arguments. Errors a user can fix are printed as
+one line, `dsnet: error: ...`, with exit status 1 (2 for usage errors); `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from dsnet.errors import DsnetError
+
+__all__ = ["main", "COMMANDS"]
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _add_models(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("pattern", nargs="?", default=None, help="shell-style filter, e.g. 'dsnet*'")
+    parser.add_argument("--num-classes", type=int, default=10, help="classifier size used for the counts")
+    parser.add_argument("--no-flops", action="store_true", help="skip the FLOP count")
+    parser.add_argument("--tiny", action="store_true", help="also list the tiny test variants")
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    from dsnet.models import list_models, model_info
+    from dsnet.models.profile import profile_model
+
+    names = list_models(args.pattern, include_tiny=args.tiny)
+    if not names:
+        raise DsnetError(f"no model matches {args.pattern!r}; run `dsnet models` for the list")
+    header = f"{'name':<18} {'params':>12} {'unique':>12} {'GFLOPs':>8}  {'expected':>12}  note"
+    print(header)
+    print("-" * len(header))
+    for name in names:
+        row = profile_model(name, num_classes=args.num_classes, flops=not args.no_flops)
+        info = model_info(name)
+        expected = f"{info.expected_params:,}" if info.expected_params and args.num_classes == 10 else ""
+        gflops = f"{row.gflops:8.2f}" if row.gflops is not None else f"{'-':>8}"
+        print(f"{name:<18} {row.params:>12,} {row.unique_params:>12,} {gflops}  {expected:>12}  {info.note}")
+    return 0
+
+
+def _command_table() -> dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handler]]:
+    """subcommand -> (help, add_arguments, run). Heavy imports happen inside the handlers."""
+    from dsnet import commands
+
+    return {
+        "models": ("list the registered models with parameter and FLOP counts", _add_models, _run_models),
+        **commands.COMMANDS,
+    }
+
+
+COMMANDS = _command_table
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (exposed for tests and documentation)."""
+    parser = argparse.ArgumentParser(prog="dsnet", description="Diverse-Structured Networks: robust training and evaluation.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (help_text, add_arguments, handler) in _command_table().items():
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        add_arguments(command)
+        command.set_defaults(handler=handler)
+    return parser
+
+
+def _setup_logging(verbose: bool) -> None:
+    root = logging.getLogger("dsnet")
+    if not any(isinstance(h, logging.StreamHandler) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the `dsnet` command line; returns the exit status (0 ok, 1 runtime error, 2 usage error)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return int(args.handler(args) or 0)
+    except DsnetError as error:
+        if args.debug:
+            raise
+        print(f"dsnet: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("dsnet: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""DS-Net's atomic blocks and the registry that lets users add their own.
+
+Every atomic block maps (B, C, H, W) to (B, C, H, W): a robust module sums the outputs of its blocks, so
+in and out widths must agree. Each block is built by calling its registered constructor with the channel
+count: `BLOCKS.get("residual")(channels)`. A user block only needs that signature:
+
+    from dsnet.models.atomic_blocks import register_block
+
+    @register_block("my_block")
+    class MyBlock(nn.Module):
+        def __init__(self, channels: int) -> None: ...
+
+The definitions follow the authors' code (Du et al., ICML 2021, github.com/d12306/dsnet; see
+`shared/reference/dsnet_reference.md` §2-3): pre-activation conv units with conv biases, and a BN on the
+output of every block. Two deliberate changes: Ada-RK evaluates F(x) once (the authors evaluate it twice;
+eval-mode outputs are identical, train mode sees one BN-statistics update instead of two), and the dense
+block sums instead of stacking before it averages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from dsnet.models.layers import SqueezeExcite, conv1x1, conv3x3, drop_connect
+from dsnet.registry import Registry
+
+__all__ = [
+    "BLOCKS",
+    "register_block",
+    "ConvUnit",
+    "ResidualBlock",
+    "MBConvBlock",
+    "DenseBlock",
+    "AdaRKBlock",
+    "ReductionBlock",
+]
+
+BLOCKS: Registry[Callable[[int], nn.Module]] = Registry(
+    "atomic block", hint="see dsnet.models.atomic_blocks.BLOCKS.names()"
+)
+
+
+def register_block(name: str) -> Callable[[Callable[[int], nn.Module]], Callable[[int], nn.Module]]:
+    """Registers a block constructor `cls(channels)` under `name` so DS-Net can use it by name."""
+    return BLOCKS.register(name)
+
+
+class ConvUnit(nn.Module):
+    """F(x) = conv3x3(ReLU(BN(conv3x3(ReLU(BN(x)))))): the pre-activation residual branch ("conv block").
+
+    Registered as the plain `conv` block (no shortcut). Parameters: 18C² + 6C.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv1 = conv3x3(channels, channels)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.conv2 = conv3x3(channels, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv1(F.relu(self.bn1(x)))
+        return self.conv2(F.relu(self.bn2(out)))
+
+
+register_block("conv")(ConvUnit)
+
+
+@register_block("residual")
+class ResidualBlock(nn.Module):
+    """y = BN(F(x) + x): a pre-activation residual block with an extra BN on the sum. Params 18C² + 8C."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.branch = ConvUnit(channels)
+        self.bn_out = nn.BatchNorm2d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn_out(self.branch(x) + x)
+
+
+@register_block("mbconv")
+class MBConvBlock(nn.Module):
+    """Mobile inverted bottleneck with squeeze-excitation and Swish (EfficientNet), the "search-based" block.
+
+    Branch G: 1x1 expand C→eC, BN, Swish; depthwise 3x3, BN, Swish; SE gate of width max(1, ⌊C/4⌋)
+    (from the input width, EfficientNet style); 1x1 project eC→C, BN. Output BN(x + DropConnect(G(x))),
+    drop-connect only in training. Params 4C² + 4C·r + r + 32C for expansion 2.
+
+    Args:
+        channels: C, in and out width.
+        expansion: hidden width factor e (the authors use 2; EfficientNet uses 6).
+        se_ratio: SE width as a fraction of C.
+        drop_connect_rate: probability of dropping the branch per example in training.
+    """
+
+    def __init__(
+        self, channels: int, expansion: int = 2, se_ratio: float = 0.25, drop_connect_rate: float = 0.2
+    ) -> None:
+        super().__init__()
+        hidden = channels * expansion
+        self.drop_connect_rate = drop_connect_rate
+        self.expand = nn.Sequential(conv1x1(channels, hidden), nn.BatchNorm2d(hidden), nn.SiLU())
+        self.depthwise = nn.Sequential(
+            nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=False), nn.BatchNorm2d(hidden), nn.SiLU()
+        )
+        self.se = SqueezeExcite(hidden, max(1, int(channels * se_ratio)))
+        self.project = nn.Sequential(conv1x1(hidden, channels), nn.BatchNorm2d(channels))
+        self.bn_out = nn.BatchNorm2d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        branch = self.project(self.se(self.depthwise(self.expand(x))))
+        return self.bn_out(x + drop_connect(branch, self.drop_connect_rate, self.training))
+
+
+class _DenseLayer(nn.Module):
+    """BN, ReLU, 1x1 conv to bottleneck width, BN, ReLU, 3x3 conv to the growth rate (no biases)."""
+
+    def __init__(self, in_channels: int, bottleneck: int, growth: int) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_channels)
+        self.conv1 = conv1x1(in_channels, bottleneck)
+        self.bn2 = nn.BatchNorm2d(bottleneck)
+        self.conv2 = conv3x3(bottleneck, growth, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(F.relu(self.bn2(self.conv1(F.relu(self.bn1(x))))))
+
+
+@register_block("dense")
+class DenseBlock(nn.Module):
+    """DenseNet-BC block whose output averages its features instead of concatenating them.
+
+    Layer ℓ sees concat[x, f1, ..., f_{ℓ-1}] and adds C channels (growth rate = C, bottleneck 4C). The
+    output BN((x + f1 + ... + fL) / (L + 1)) keeps C channels. The authors stack the tensors and take the
+    mean; a running sum is the same number with less memory. Params 84C² + 24C for two layers.
+    """
+
+    def __init__(self, channels: int, num_layers: int = 2, bottleneck_factor: int = 4) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            _DenseLayer(channels * (i + 1), bottleneck_factor * channels, channels) for i in range(num_layers)
+        )
+        self.bn_out = nn.BatchNorm2d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = [x]
+        total = x
+        for layer in self.layers:
+            new = layer(torch.cat(features, 1))
+            features.append(new)
+            total = total + new
+        return self.bn_out(total / len(features))
+
+
+@register_block("ada_rk")
+class AdaRKBlock(nn.Module):
+    """Adaptive two-stage Runge–Kutta block (Kim et al., ECCV 2020) with learnable coefficients.
+
+    With c = σ(b10), α = σ(a21) and one conv unit F:
+        x1  = x + c·F(x)
+        out = (1 - α)·x + (1 - 1/(2c) - α·c)·F(x) + α·x1 + (1/(2c))·F(x1),   y = BN(out).
+    α cancels algebraically (out = x + (1 - 1/(2c))·F(x) + F(x1)/(2c)), so `a21` receives a zero gradient;
+    we keep it so that parameter counts and checkpoints match the authors'. F(x) is computed once.
+    Params 18C² + 8C + 2.
+    """
+
+    def __init__(self, channels: int, a21: float = 0.25, b10: float = 1.0) -> None:
+        super().__init__()
+        self.branch = ConvUnit(channels)
+        self.a21 = nn.Parameter(torch.tensor(float(a21)))
+        self.b10 = nn.Parameter(torch.tensor(float(b10)))
+        self.bn_out = nn.BatchNorm2d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        alpha = torch.sigmoid(self.a21)
+        c = torch.sigmoid(self.b10)
+        fx = self.branch(x)
+        x1 = x + c * fx
+        half_inv_c = 0.5 / c
+        out = (1 - alpha) * x + (1 - half_inv_c - alpha * c) * fx + alpha * x1 + half_inv_c * self.branch(x1)
+        return self.bn_out(out)
+
+
+class ReductionBlock(nn.Module):
+    """Pre-activation residual block that changes width and halves the resolution (not an atomic block).
+
+    shortcut = BN(conv1x1_s2(ReLU(BN1(x)))), branch = conv3x3(ReLU(BN2(conv3x3_s2(ReLU(BN1(x)))))),
+    y = BN(branch + shortcut). BN1 feeds both paths. Params 10·Cin·Cout + 9·Cout² + 2·Cin + 8·Cout.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 2) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_channels)
+        self.conv1 = conv3x3(in_channels, out_channels, stride=stride)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.conv2 = conv3x3(out_channels, out_channels)
+        self.shortcut = nn.Sequential(conv1x1(in_channels, out_channels, stride=stride), nn.BatchNorm2d(out_channels))
+        self.bn_out = nn.BatchNorm2d(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pre = F.relu(self.bn1(x))
+        branch = self.conv2(F.relu(self.bn2(self.conv1(pre))))
+        return self.bn_out(branch + self.shortcut(pre))
