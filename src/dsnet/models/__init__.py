@@ -23,3 +23,13 @@ __all__ = [
 
 # Model families register themselves on import.
 from dsnet.models import dsnet as _dsnet  # noqa: E402,F401
+from dsnet.models import (  # noqa: E402,F401
+    adark_net,
+    densenet,
+    ie_skip,
+    mobilenetv2,
+    preact_resnet,
+    resnet,
+    robnet,
+    wide_resnet,
+)

@@ -1,0 +1,237 @@
+"""Learning-rate schedules as pure functions of the 1-based fractional epoch (STYLE rule 16).
+
+A schedule maps `epoch` to a learning rate. `epoch` is **1-based and fractional**: epoch e (as the authors and
+logs count it) covers [e, e + 1), so the first batch of training is at 1.0 and, with N batches per epoch,
+batch i (0-based) of epoch e is at `e + i / N`. The trainer sets the LR on every iteration:
+
+    schedule = build_schedule("piecewise", base_lr=0.1, epochs=120, milestones=[60, 90, 110],
+                              factors=[0.1, 0.01, 0.005])
+    lr = schedule(epoch + i / len(loader))
+
+Conventions, chosen to match the authors' code (reference/training_and_baselines.md §2, which calls its LR
+function with the 1-based epoch and uses "≥" thresholds):
+
+- piecewise: epoch e uses the factor of the last milestone m <= e; "decay at 60" means epochs 1-59 at the
+  base LR and all of epoch 60 at the new one. `factors` are multipliers of the base LR, not cumulative.
+- warm-up (`warmup_epochs` = W > 0): lr = base_lr · epoch / W for epoch <= W, so whole epochs e <= W get
+  exactly base_lr · e / W (the authors' SVHN rule with W = 5: 0.02, 0.04, ..., 0.1). W = 1 therefore
+  changes nothing. Piecewise milestones must come after the warm-up; cosine decays over the epochs after it.
+- cosine: from base_lr at epoch max(W, 1) down to `final_lr` at epoch `epochs + 1` (the end of training).
+- cyclic: 0 at epoch 1, linearly up to base_lr at the `peak_fraction` point of training, linearly down to 0 at
+  epoch `epochs + 1` (Fast-AT's one-cycle schedule). It ramps up by itself, so it takes no warm-up.
+
+Past the end of training (epoch > epochs + 1) every schedule holds its final value.
+"""
+
+from __future__ import annotations
+
+import bisect
+import difflib
+import math
+from dataclasses import MISSING, dataclass, fields
+from typing import Any, ClassVar
+
+from dsnet.errors import ConfigError
+from dsnet.registry import Registry
+
+__all__ = ["SCHEDULES", "Schedule", "PiecewiseSchedule", "CosineSchedule", "CyclicSchedule", "build_schedule"]
+
+SCHEDULES: Registry[type[Schedule]] = Registry("schedule")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _register(cls: type[Schedule]) -> type[Schedule]:
+    SCHEDULES.add(cls.name, cls)
+    return cls
+
+
+@dataclass(frozen=True, kw_only=True)
+class Schedule:
+    """Base of the LR schedules: a frozen, validated config that is called with the 1-based fractional epoch.
+
+    Attributes:
+        base_lr: the peak learning rate (> 0).
+        epochs: number of training epochs (>= 1).
+        warmup_epochs: W, linear warm-up over epochs <= W (0 = none); must be < epochs.
+    """
+
+    name: ClassVar[str] = ""
+    base_lr: float
+    epochs: int
+    warmup_epochs: int = 0
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        if not _is_number(self.base_lr) or self.base_lr <= 0:
+            problems.append(f"base_lr must be a finite number > 0, got {self.base_lr!r}")
+        if not _is_int(self.epochs) or self.epochs < 1:
+            problems.append(f"epochs must be an integer >= 1, got {self.epochs!r}")
+        if not _is_int(self.warmup_epochs) or self.warmup_epochs < 0:
+            problems.append(f"warmup_epochs must be an integer >= 0, got {self.warmup_epochs!r}")
+        elif _is_int(self.epochs) and self.warmup_epochs >= self.epochs > 0:
+            problems.append(f"warmup_epochs ({self.warmup_epochs}) must be less than epochs ({self.epochs})")
+        self._validate(problems)
+        if problems:
+            raise ConfigError(f"schedule {self.name!r}: " + "; ".join(problems))
+        object.__setattr__(self, "base_lr", float(self.base_lr))
+
+    def _validate(self, problems: list[str]) -> None:
+        """Appends a message for each invalid schedule-specific parameter."""
+
+    def _after_warmup(self, epoch: float) -> float:
+        """The LR at a 1-based fractional `epoch` past the warm-up."""
+        raise NotImplementedError
+
+    def lr_at(self, epoch: float) -> float:
+        """The learning rate at the 1-based fractional `epoch` (1.0 = first batch of epoch 1).
+
+        Raises:
+            ValueError: `epoch` < 1, which means the caller counts epochs from 0.
+        """
+        if not epoch >= 1:
+            raise ValueError(f"epoch is 1-based (first batch at 1.0), got {epoch!r}")
+        if epoch <= self.warmup_epochs:
+            return self.base_lr * epoch / self.warmup_epochs
+        return self._after_warmup(epoch)
+
+    def __call__(self, epoch: float) -> float:
+        return self.lr_at(epoch)
+
+    def config(self) -> dict[str, Any]:
+        """The schedule's name and parameters, for logs and checkpoints."""
+        out: dict[str, Any] = {"name": self.name}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+
+@_register
+@dataclass(frozen=True, kw_only=True)
+class PiecewiseSchedule(Schedule):
+    """Piecewise-constant LR: base_lr · factors[i] from milestone i on ("≥" semantics, 1-based epochs).
+
+    The authors' CIFAR-10 AT recipe is milestones (60, 90, 110), factors (0.1, 0.01, 0.005): 0.1 for epochs
+    1-59, 0.01 for 60-89, 0.001 for 90-109, 0.0005 from 110. Milestones past the last epoch never apply
+    (allowed, so shortening a recipe's epochs for a smoke run needs no other change).
+
+    Attributes:
+        milestones: strictly increasing 1-based epochs at which a factor starts; after the warm-up.
+        factors: one multiplier of base_lr (> 0) per milestone.
+    """
+
+    name: ClassVar[str] = "piecewise"
+    milestones: tuple[float, ...]
+    factors: tuple[float, ...]
+
+    def _validate(self, problems: list[str]) -> None:
+        milestones, factors = self.milestones, self.factors
+        if not isinstance(milestones, (list, tuple)) or not all(_is_number(m) and m >= 1 for m in milestones):
+            problems.append(f"milestones must be a list of 1-based epochs >= 1, got {milestones!r}")
+        elif any(b <= a for a, b in zip(milestones, milestones[1:])):
+            problems.append(f"milestones must be strictly increasing, got {list(milestones)}")
+        elif milestones and _is_int(self.warmup_epochs) and milestones[0] <= self.warmup_epochs:
+            problems.append(f"milestones must come after the warm-up (warmup_epochs={self.warmup_epochs}), "
+                            f"got {list(milestones)}")
+        if not isinstance(factors, (list, tuple)) or not all(_is_number(f) and f > 0 for f in factors):
+            problems.append(f"factors must be a list of numbers > 0, got {factors!r}")
+        elif isinstance(milestones, (list, tuple)) and len(factors) != len(milestones):
+            problems.append(f"factors ({len(factors)}) and milestones ({len(milestones)}) must have the same length")
+        if isinstance(milestones, list):
+            object.__setattr__(self, "milestones", tuple(milestones))
+        if isinstance(factors, list):
+            object.__setattr__(self, "factors", tuple(factors))
+
+    def _after_warmup(self, epoch: float) -> float:
+        passed = bisect.bisect_right(self.milestones, epoch)  # number of milestones <= epoch
+        return self.base_lr * (self.factors[passed - 1] if passed else 1.0)
+
+
+@_register
+@dataclass(frozen=True, kw_only=True)
+class CosineSchedule(Schedule):
+    """Cosine decay from base_lr (at epoch max(warmup_epochs, 1)) to `final_lr` (at epoch epochs + 1).
+
+    Attributes:
+        final_lr: the LR at the end of training, 0 <= final_lr <= base_lr.
+    """
+
+    name: ClassVar[str] = "cosine"
+    final_lr: float = 0.0
+
+    def _validate(self, problems: list[str]) -> None:
+        if not _is_number(self.final_lr) or self.final_lr < 0:
+            problems.append(f"final_lr must be a finite number >= 0, got {self.final_lr!r}")
+        elif _is_number(self.base_lr) and self.final_lr > self.base_lr:
+            problems.append(f"final_lr ({self.final_lr}) must not exceed base_lr ({self.base_lr})")
+
+    def _after_warmup(self, epoch: float) -> float:
+        start = max(self.warmup_epochs, 1)
+        progress = min(1.0, (epoch - start) / (self.epochs + 1 - start))
+        return self.final_lr + (self.base_lr - self.final_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@_register
+@dataclass(frozen=True, kw_only=True)
+class CyclicSchedule(Schedule):
+    """One linear cycle 0 → base_lr → 0 over the whole run (Fast-AT: 15 epochs, max 0.2, peak at the middle).
+
+    Attributes:
+        peak_fraction: where the peak lies as a fraction of training, 0 < peak_fraction < 1 (Fast-AT 0.5;
+            robust_overfitting's cyclic 0.4).
+    """
+
+    name: ClassVar[str] = "cyclic"
+    peak_fraction: float = 0.5
+
+    def _validate(self, problems: list[str]) -> None:
+        if not _is_number(self.peak_fraction) or not 0 < self.peak_fraction < 1:
+            problems.append(f"peak_fraction must be a number in (0, 1), got {self.peak_fraction!r}")
+        if self.warmup_epochs != 0:
+            problems.append("the cyclic schedule ramps up by itself; warmup_epochs must be 0 "
+                            "(move the peak with peak_fraction instead)")
+
+    def _after_warmup(self, epoch: float) -> float:
+        progress = min(1.0, (epoch - 1) / self.epochs)
+        if progress <= self.peak_fraction:
+            return self.base_lr * progress / self.peak_fraction
+        return self.base_lr * (1.0 - progress) / (1.0 - self.peak_fraction)
+
+
+def build_schedule(name: str, base_lr: float, epochs: int, **params: Any) -> Schedule:
+    """Builds a registered LR schedule.
+
+    Args:
+        name: one of `SCHEDULES.names()`: "piecewise", "cosine", "cyclic".
+        base_lr: the peak learning rate.
+        epochs: number of training epochs.
+        **params: `warmup_epochs` and the schedule's own parameters (see its class).
+
+    Returns:
+        A frozen schedule; call it (or `.lr_at`) with the 1-based fractional epoch.
+
+    Raises:
+        UnknownNameError: `name` is not registered.
+        ConfigError: a parameter is unknown, missing or out of range (the message names each one).
+    """
+    cls = SCHEDULES.get(name)
+    valid = [f.name for f in fields(cls) if f.name not in ("base_lr", "epochs")]
+    unknown = [k for k in params if k not in valid]
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ConfigError(f"schedule {name!r} has no parameter {', '.join(hints)}; valid: {', '.join(valid)}")
+    missing = [f.name for f in fields(cls) if f.name in valid and f.name not in params
+               and f.default is MISSING and f.default_factory is MISSING]
+    if missing:
+        raise ConfigError(f"schedule {name!r} needs {', '.join(missing)}")
+    return cls(base_lr=base_lr, epochs=epochs, **params)
