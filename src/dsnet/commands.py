@@ -9,4 +9,36 @@ __all__ = ["COMMANDS"]
 
 Handler = Callable[[argparse.Namespace], int]
 
-COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handler]] = {}
+
+def _add_train(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="YAML recipe, e.g. configs/quickstart.yaml")
+    parser.add_argument("--data-dir", required=True, help="dataset folder (downloaded there when missing)")
+    parser.add_argument("--out-dir", required=True, help="run folder for checkpoints, metrics and logs")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a recipe value, e.g. --set train.epochs=2 (repeatable)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out-dir from its last.pt")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from dsnet.config import load_config
+    from dsnet.training.trainer import train
+
+    overrides = list(args.overrides) + (["train.progress=false"] if args.no_progress else [])
+    config = load_config(args.config, overrides)
+    result = train(config, args.data_dir, args.out_dir, resume=args.resume)
+    if result.stopped_early:
+        print(f"stopped early: {result.stopped_early}")
+    final = result.final
+    if final:
+        clean, pgd = final.get("val_clean_acc"), final.get("val_pgd_acc")
+        summary = f"done: {result.epochs_completed} epochs in {result.out_dir}"
+        if clean is not None:
+            summary += f"; validation clean {100 * clean:.1f}% PGD-{final['val_pgd_steps']} {100 * pgd:.1f}%"
+        print(summary + f"; selected epoch {result.selected_epoch} -> {result.out_dir / 'selected.pt'}")
+    return 0
+
+
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handler]] = {
+    "train": ("train a model with a recipe (adversarially, or not)", _add_train, _run_train),
+}

@@ -6,6 +6,7 @@ SPEC.md §1 hold everywhere by construction:
 - the model runs in eval mode during the attack and every submodule gets its own mode back afterwards;
 - only the input gets a gradient (`torch.autograd.grad`), so parameter `.grad` fields, BN statistics and
   DS-Net's attention weights are untouched;
+- under DDP the attack runs inside `no_sync()`, so its forward passes do not arm a gradient all-reduce;
 - randomness comes from a `torch.Generator` passed in, never from the global RNG;
 - every iterate is projected onto the ε-ball around `x` and clipped to the [0, 1] image box.
 """
@@ -13,13 +14,13 @@ SPEC.md §1 hold everywhere by construction:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Literal
 
 import torch
 import torch.nn as nn
 
-__all__ = ["eval_mode", "random_start", "project", "sign_gradient_ascent", "LossFn", "StartKind"]
+__all__ = ["eval_mode", "no_gradient_sync", "random_start", "project", "sign_gradient_ascent", "LossFn", "StartKind"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """loss_fn(logits, x_adv) -> per-example losses (B,) to be maximised."""
@@ -37,6 +38,12 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for module, training in modes:
             module.training = training
+
+
+def no_gradient_sync(model: nn.Module):  # noqa: ANN201 - a context manager
+    """Under DDP, attack passes must not arm the gradient all-reduce (they differentiate the input only)."""
+    no_sync = getattr(model, "no_sync", None)
+    return no_sync() if callable(no_sync) else nullcontext()
 
 
 def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -109,7 +116,7 @@ def sign_gradient_ascent(
     x_adv = random_start(x, eps, start, generator, start_std).detach()
     if steps == 0:
         return project(x_adv, x, eps)
-    with eval_mode(model), torch.enable_grad():
+    with eval_mode(model), no_gradient_sync(model), torch.enable_grad():
         for _ in range(steps):
             x_adv.requires_grad_(True)
             loss = loss_fn(model(x_adv), x_adv).sum()

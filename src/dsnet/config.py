@@ -1,0 +1,367 @@
+"""Typed run configuration: YAML recipes, validation on load, and dotted `--set` overrides.
+
+A recipe has six sections. `model`, `data`, `optim` and `train` are dataclasses with a fixed set of keys;
+`objective` and `schedule` are a `name` plus that entry's own parameters, checked by building the entry.
+Loading validates everything and reports every problem at once, each naming its key, so a typo fails in a
+second instead of after a GPU-day:
+
+    model: {name: dsnet4}
+    data: {dataset: cifar10}
+    objective: {name: at, eps: 0.031, step_size: 0.007, steps: 10}
+    schedule: {name: piecewise, milestones: [60, 90, 110], factors: [0.1, 0.01, 0.005]}
+    train: {epochs: 120, batch_size: 128}
+
+ε and step sizes are floats in pixel units; the literal `8/255` is accepted wherever a float is expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dsnet.errors import ConfigError
+
+__all__ = [
+    "ModelConfig",
+    "DataConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "RunConfig",
+    "load_config",
+    "config_from_dict",
+    "apply_overrides",
+    "parse_override",
+    "config_to_dict",
+    "SELECTION_POLICIES",
+]
+
+SELECTION_POLICIES = ("first_decay_plus_one", "best_val_pgd", "last")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+_FRACTION = re.compile(r"^\s*([0-9.eE+-]+)\s*/\s*([0-9.eE+-]+)\s*$")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "dsnet_small"
+    """Registered model name (`dsnet models` lists them)."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Constructor overrides, e.g. {width: 16, attention_init: uniform}."""
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "cifar10"
+    """cifar10, cifar100 or svhn."""
+    val_size: int = 1000
+    """Images held out of the training set for model selection (Rice et al.); 0 disables."""
+    val_seed: int = 0
+    """Seed of the validation split."""
+    crop: bool = True
+    """Random crop with 4-pixel zero padding."""
+    flip: bool = True
+    """Random horizontal flip."""
+    train_subset: int | None = None
+    """Use only this many training images (miniature runs)."""
+    download: bool = True
+    """Download the dataset when its files are missing."""
+    svhn_extra: bool = False
+    """Add SVHN's `extra` split to training."""
+
+    def __post_init__(self) -> None:
+        _check(self.val_size >= 0, "data.val_size", "must be >= 0")
+        _check(self.train_subset is None or self.train_subset > 0, "data.train_subset", "must be > 0")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 0.1
+    """Base learning rate of SGD for the network weights."""
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    attention_lr: float = 1e-3
+    """Adam learning rate for DS-Net's attention weights (never scheduled, as in the authors' code)."""
+    attention_betas: tuple[float, float] = (0.5, 0.999)
+    attention_weight_decay: float = 1e-3
+    """L2 penalty added to the attention gradient (Adam's weight_decay, not AdamW)."""
+
+    def __post_init__(self) -> None:
+        self.attention_betas = tuple(self.attention_betas)  # type: ignore[assignment]
+        _check(self.lr > 0, "optim.lr", "must be > 0")
+        _check(self.attention_lr >= 0, "optim.attention_lr", "must be >= 0")
+        _check(0 <= self.momentum < 1, "optim.momentum", "must be in [0, 1)")
+        _check(self.weight_decay >= 0 and self.attention_weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+        _check(len(self.attention_betas) == 2 and all(0 <= b < 1 for b in self.attention_betas),
+               "optim.attention_betas", "must be two numbers in [0, 1)")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 120
+    batch_size: int = 128
+    """Global batch size (split across DDP processes)."""
+    seed: int = 0
+    device: str = "auto"
+    """auto (cuda when available), cpu, cuda, cuda:N."""
+    amp: str = "auto"
+    """Mixed precision: auto (bf16 on GPU, off on CPU), bf16, fp16 (with a grad scaler), off."""
+    channels_last: bool | None = None
+    """Use channels_last memory format; None = on for GPU."""
+    compile: bool = False
+    """torch.compile the model (falls back to eager if compilation fails)."""
+    selection: str = "first_decay_plus_one"
+    """Which checkpoint becomes `selected.pt`: first_decay_plus_one, best_val_pgd or last."""
+    val_pgd_steps: int = 10
+    """PGD steps of the per-epoch validation robustness check (same ε and step as the objective)."""
+    eval_every: int = 1
+    """Evaluate on the validation split every N epochs."""
+    keep_epoch_checkpoints: bool = False
+    """Keep `epoch-NNNN.pt` for every epoch, not only last/selected."""
+    max_steps_per_epoch: int | None = None
+    """Cut epochs short (miniature runs)."""
+    log_every: int = 20
+    """Update the progress bar's loss, accuracy and images/s every N steps."""
+    progress: bool = True
+    """Show a progress bar (only on a terminal, rank 0)."""
+    tensorboard: bool = True
+    """Write TensorBoard scalars to `<out>/tensorboard`."""
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "train.epochs", "must be >= 1")
+        _check(self.batch_size >= 1, "train.batch_size", "must be >= 1")
+        _check(self.amp in AMP_MODES, "train.amp", f"must be one of {', '.join(AMP_MODES)}")
+        _check(self.selection in SELECTION_POLICIES, "train.selection", f"must be one of {', '.join(SELECTION_POLICIES)}")
+        _check(self.val_pgd_steps >= 1, "train.val_pgd_steps", "must be >= 1")
+        _check(self.eval_every >= 1, "train.eval_every", "must be >= 1")
+        _check(self.log_every >= 1, "train.log_every", "must be >= 1")
+        _check(self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1, "train.max_steps_per_epoch",
+               "must be >= 1")
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    objective: dict[str, Any] = field(default_factory=lambda: {"name": "at"})
+    """`name` of a training objective plus its parameters (eps, step_size, steps, beta, ...)."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: dict[str, Any] = field(default_factory=lambda: {"name": "piecewise", "milestones": [60, 90],
+                                                              "factors": [0.1, 0.01]})
+    """`name` of an LR schedule plus its parameters."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} {message}")
+
+
+def _to_float(value: Any, key: str) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        match = _FRACTION.match(value)
+        try:
+            return float(match.group(1)) / float(match.group(2)) if match else float(value)
+        except (ValueError, ZeroDivisionError):
+            pass
+    raise ConfigError(f"{key} must be a number (like 0.031 or 8/255), got {value!r}")
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Checks `value` against a field annotation, converting where the conversion is unambiguous."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0] if errors else f"{key} has a bad value {value!r}")
+    if annotation is float:
+        return _to_float(value, key)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, typing.get_args(annotation)))
+    if origin is dict or annotation is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        return dict(value)
+    return value
+
+
+def _build_section(cls: type, raw: Any, section: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"section {section!r} must be a mapping of keys to values, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    problems = []
+    values = {}
+    for key, value in raw.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean {section}.{close[0]}?" if close else f"; valid keys: {', '.join(names)}"
+            problems.append(f"unknown key {section}.{key}{hint}")
+            continue
+        try:
+            values[key] = _coerce(value, hints[key], f"{section}.{key}")
+        except ConfigError as error:
+            problems.append(str(error))
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return cls(**values)
+
+
+def _check_named_section(raw: Any, section: str) -> dict[str, Any]:
+    if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+        raise ConfigError(f"section {section!r} needs a 'name' key (e.g. {section}: {{name: ...}})")
+    return {k: (_to_float(v, f"{section}.{k}") if isinstance(v, str) and _FRACTION.match(v) else v)
+            for k, v in raw.items()}
+
+
+def config_from_dict(raw: dict[str, Any]) -> RunConfig:
+    """Builds and validates a `RunConfig` from a plain dict (as read from YAML)."""
+    if not isinstance(raw, dict):
+        raise ConfigError("a recipe must be a mapping with sections model, data, objective, optim, schedule, train")
+    sections = [f.name for f in dataclasses.fields(RunConfig)]
+    problems = []
+    for key in raw:
+        if key not in sections:
+            close = difflib.get_close_matches(str(key), sections, n=1)
+            problems.append(f"unknown section {key!r}" + (f"; did you mean {close[0]!r}?" if close else
+                                                          f"; valid sections: {', '.join(sections)}"))
+    built: dict[str, Any] = {}
+    for name, cls in (("model", ModelConfig), ("data", DataConfig), ("optim", OptimConfig), ("train", TrainConfig)):
+        try:
+            built[name] = _build_section(cls, raw.get(name), name)
+        except ConfigError as error:
+            problems.append(str(error))
+    for name in ("objective", "schedule"):
+        if name in raw:
+            try:
+                built[name] = _check_named_section(raw[name], name)
+            except ConfigError as error:
+                problems.append(str(error))
+    if problems:
+        raise ConfigError("; ".join(problems))
+    config = RunConfig(**built)
+    validate(config)
+    return config
+
+
+def validate(config: RunConfig) -> None:
+    """Checks the names and parameters that live in registries (model, dataset, objective, schedule)."""
+    from dsnet.data import DATASETS
+    from dsnet.models import MODELS
+    from dsnet.training.objectives import build_objective
+    from dsnet.training.schedules import build_schedule
+
+    problems = []
+    for check in (
+        lambda: MODELS.get(config.model.name),
+        lambda: DATASETS.get(config.data.dataset),
+        lambda: build_objective(**config.objective),
+        lambda: build_schedule(base_lr=config.optim.lr, epochs=config.train.epochs, **config.schedule),
+    ):
+        try:
+            check()
+        except (ConfigError, ValueError, TypeError) as error:
+            problems.append(str(error))
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Splits `section.key=value` into (["section", "key"], value), the value parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, _, value = text.partition("=")
+    path = key.strip().split(".")
+    if len(path) < 2 or not all(path):
+        raise ConfigError(f"override key {key!r} must be dotted, like train.epochs")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    return path, parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Applies dotted `section.key=value` overrides to a raw recipe dict (a copy is returned)."""
+    result = yaml.safe_load(yaml.safe_dump(raw)) if raw else {}
+    for text in overrides:
+        path, value = parse_override(text)
+        node = result
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"cannot set {'.'.join(path)}: {part} is not a section")
+            node = child
+        node[path[-1]] = value
+    return result
+
+
+def read_recipe(path: str | Path) -> dict[str, Any]:
+    """Reads a YAML recipe as a plain dict, with clear errors for a missing or malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; recipes live in configs/ (e.g. configs/quickstart.yaml)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    return raw or {}
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Reads a recipe (or the defaults), applies `section.key=value` overrides, and validates the result."""
+    raw = read_recipe(path) if path is not None else {}
+    return config_from_dict(apply_overrides(raw, overrides or []))
+
+
+def config_to_dict(config: RunConfig) -> dict[str, Any]:
+    """A plain, YAML- and JSON-safe dict of the resolved configuration (stored in every checkpoint)."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, list):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return plain(dataclasses.asdict(config))

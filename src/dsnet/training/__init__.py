@@ -1,0 +1,1 @@
+"""dsnet.training."""

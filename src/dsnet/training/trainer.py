@@ -1,0 +1,478 @@
+"""The adversarial trainer: one loop for every model, objective and number of processes.
+
+`train(config, data_dir, out_dir)` is what `dsnet train` runs. Per batch it sets the learning rate from the
+fractional epoch, asks the objective for a loss (the objective generates adversarial examples in eval mode and
+computes the outer loss in train mode), and steps SGD on the network weights and Adam on DS-Net's attention
+weights with the same backward pass (SPEC §4). After each epoch it measures clean and PGD accuracy on the
+validation split, writes `metrics.jsonl` and TensorBoard scalars, and saves `last.pt` atomically; the model
+selection policy decides which epoch is copied to `selected.pt`.
+
+Files in the run folder: `config.yaml` (resolved recipe), `train.log`, `metrics.jsonl`, `tensorboard/`,
+`last.pt`, `selected.pt`, and with `train.keep_epoch_checkpoints` one `epoch-NNNN.pt` per epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import yaml
+
+from dsnet.attacks.core import sign_gradient_ascent
+from dsnet.config import RunConfig, config_from_dict, config_to_dict
+from dsnet.data import DATASETS, DeviceLoader, ImageSplit, load_dataset, to_float, train_val_split
+from dsnet.errors import CheckpointError, ConfigError, TrainingDivergedError
+from dsnet.models import create_model, split_parameters
+from dsnet.models.dsnet import DSNet
+from dsnet.training.checkpoint import (
+    CHECKPOINT_FORMAT,
+    capture_rng_state,
+    load_checkpoint,
+    load_model_state,
+    restore_rng_state,
+    save_checkpoint,
+)
+from dsnet.training.collapse_guard import CollapseGuard
+from dsnet.training.distributed import DistributedContext, all_reduce_sum, setup_distributed
+from dsnet.training.metrics import MetricsWriter, format_epoch_line
+from dsnet.training.objectives import build_objective
+from dsnet.training.precision import resolve_precision
+from dsnet.training.schedules import build_schedule
+
+__all__ = ["train", "TrainResult", "evaluate_robustness", "build_training_data", "selected_epoch_for"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished (or stopped) run left behind."""
+
+    out_dir: Path
+    epochs_completed: int
+    history: list[dict[str, Any]]
+    selected_epoch: int | None
+    stopped_early: str | None = None
+
+    @property
+    def final(self) -> dict[str, Any]:
+        return self.history[-1] if self.history else {}
+
+
+def build_training_data(config: RunConfig, data_dir: str | Path) -> tuple[ImageSplit, ImageSplit | None]:
+    """Loads the training split (with SVHN extra if asked), cuts the subset and the validation split."""
+    data = config.data
+    train_split = load_dataset(data.dataset, data_dir, "train", download=data.download)
+    if data.svhn_extra:
+        extra = load_dataset(data.dataset, data_dir, "extra", download=data.download)
+        train_split = ImageSplit(torch.cat([train_split.images, extra.images]),
+                                 torch.cat([train_split.labels, extra.labels]),
+                                 train_split.num_classes, train_split.classes, "train+extra")
+    if data.train_subset is not None and data.train_subset < len(train_split):
+        train_split = train_split.subset(torch.arange(data.train_subset))
+    if data.val_size == 0:
+        return train_split, None
+    train_part, val_part = train_val_split(train_split, val_size=data.val_size, seed=data.val_seed)
+    return train_part, val_part
+
+
+def selected_epoch_for(config: RunConfig) -> int | None:
+    """The epoch that `first_decay_plus_one` selects: one epoch after the first LR decay (Rice et al.)."""
+    if config.train.selection != "first_decay_plus_one":
+        return None
+    milestones = config.schedule.get("milestones")
+    if config.schedule.get("name") != "piecewise" or not milestones:
+        raise ConfigError("train.selection first_decay_plus_one needs a piecewise schedule with milestones; "
+                          "use train.selection=best_val_pgd or last")
+    return min(int(math.ceil(milestones[0])) + 1, config.train.epochs)
+
+
+@torch.no_grad()
+def _count_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return (model(x).argmax(1) == y).sum()
+
+
+def evaluate_robustness(
+    model: nn.Module, split: ImageSplit, *, eps: float, step_size: float, steps: int, batch_size: int,
+    ctx: DistributedContext | None = None, seed: int = 0,
+) -> tuple[float, float]:
+    """Clean and PGD accuracy (fractions) of `model` on `split`, sharded across ranks and summed.
+
+    PGD uses a uniform random start, CE loss and the given ε, step and steps; the model is in eval mode and
+    its mode is restored afterwards.
+    """
+    rank, world = (ctx.rank, ctx.world_size) if ctx else (0, 1)
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed + 7919 * rank)
+    totals = torch.zeros(3, device=device, dtype=torch.float64)
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(rank * batch_size, len(split), batch_size * world):
+            x = to_float(split.images[start:start + batch_size].to(device))
+            y = split.labels[start:start + batch_size].to(device)
+            totals[0] += _count_correct(model, x, y)
+            x_adv = sign_gradient_ascent(model, x, lambda z, _: F.cross_entropy(z, y, reduction="none"), eps=eps,
+                                         step_size=step_size, steps=steps, start="uniform", generator=generator)
+            totals[1] += _count_correct(model, x_adv, y)
+            totals[2] += len(y)
+    finally:
+        model.train(was_training)
+    all_reduce_sum(totals)
+    n = max(float(totals[2]), 1.0)
+    return float(totals[0]) / n, float(totals[1]) / n
+
+
+class _Run:
+    """State of one training run; `train()` drives it. Kept as a class so every piece has a name."""
+
+    def __init__(self, config: RunConfig, data_dir: str | Path, out_dir: str | Path, resume: bool) -> None:
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.ctx = setup_distributed(config.train.device)
+        self.precision = resolve_precision(config.train.amp, self.ctx.device)
+        self.selected_epoch_target = selected_epoch_for(config)
+        self._prepare_out_dir(resume)
+        torch.manual_seed(config.train.seed)
+
+        train_cfg, data_cfg = config.train, config.data
+        self.train_split, self.val_split = build_training_data(config, data_dir)
+        num_classes = DATASETS.get(data_cfg.dataset).num_classes
+        device = self.ctx.device
+        self.train_split = self.train_split.to(device)
+        if train_cfg.batch_size % self.ctx.world_size:
+            raise ConfigError(f"train.batch_size {train_cfg.batch_size} must divide evenly among "
+                              f"{self.ctx.world_size} processes")
+        if train_cfg.batch_size > len(self.train_split):
+            raise ConfigError(f"train.batch_size {train_cfg.batch_size} is larger than the {len(self.train_split)} "
+                              "training images; lower it or use more data")
+        self.loader = DeviceLoader(self.train_split, train_cfg.batch_size // self.ctx.world_size, shuffle=True,
+                                   drop_last=True, crop=data_cfg.crop, flip=data_cfg.flip, seed=train_cfg.seed,
+                                   rank=self.ctx.rank, world_size=self.ctx.world_size)
+
+        self.model = create_model(config.model.name, num_classes=num_classes, **config.model.kwargs)
+        self.channels_last = train_cfg.channels_last if train_cfg.channels_last is not None else device.type == "cuda"
+        memory_format = torch.channels_last if self.channels_last else torch.preserve_format
+        self.model.to(device=device, memory_format=memory_format)
+        network, attention = split_parameters(self.model)
+        optim = config.optim
+        self.optimizer = torch.optim.SGD(network, lr=optim.lr, momentum=optim.momentum,
+                                         weight_decay=optim.weight_decay, nesterov=optim.nesterov)
+        self.attention_optimizer = (torch.optim.Adam(attention, lr=optim.attention_lr, betas=optim.attention_betas,
+                                                     weight_decay=optim.attention_weight_decay)
+                                    if attention else None)
+        self.scaler = self.precision.grad_scaler()
+        self.schedule = build_schedule(base_lr=optim.lr, epochs=train_cfg.epochs, **config.schedule)
+        self.objective = build_objective(**config.objective)
+        self.generator = torch.Generator(device=device).manual_seed(train_cfg.seed * 1_000_003 + self.ctx.rank + 1)
+        eps = float(getattr(self.objective, "eps", 0.031))
+        self.val_attack = {"eps": eps, "step_size": eps / 4, "steps": train_cfg.val_pgd_steps}
+        self.guard = self._make_guard(eps)
+
+        self.epoch = 1  # the next epoch to train, 1-based
+        self.history: list[dict[str, Any]] = []
+        self.best_val_pgd = -1.0
+        self.selected_epoch: int | None = None
+        if resume:
+            self._resume()
+        self.train_model = self._wrap_model()
+        self.metrics = MetricsWriter(self.out_dir, train_cfg.tensorboard) if self.ctx.is_main else None
+        if self.metrics is not None and resume:
+            self.metrics.truncate_after(self.epoch - 1)
+
+    # ----------------------------------------------------------------------------------------------- setup
+    def _prepare_out_dir(self, resume: bool) -> None:
+        last = self.out_dir / "last.pt"
+        if resume and not last.exists():
+            raise CheckpointError(f"--resume found no {last}; start the run without --resume")
+        if not resume and last.exists():
+            raise ConfigError(f"{self.out_dir} already holds a run (last.pt); continue it with --resume or "
+                              "choose another --out-dir (nothing was overwritten)")
+        if self.ctx.is_main:
+            try:
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+                probe = self.out_dir / ".write-test"
+                probe.write_text("ok")
+                probe.unlink()
+            except OSError as error:
+                raise ConfigError(f"cannot write to --out-dir {self.out_dir}: {error.strerror or error}; "
+                                  "choose a writable folder") from None
+            self._attach_log_file()
+            (self.out_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(self.config), sort_keys=False))
+
+    def _attach_log_file(self) -> None:
+        root = logging.getLogger("dsnet")
+        path = str((self.out_dir / "train.log").resolve())
+        if not any(getattr(h, "baseFilename", None) == path for h in root.handlers):
+            handler = logging.FileHandler(path)
+            handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+            root.addHandler(handler)
+            self._log_handler = handler
+        if root.level == logging.NOTSET or root.level > logging.INFO:
+            root.setLevel(logging.INFO)
+
+    def _make_guard(self, eps: float) -> CollapseGuard | None:
+        if self.config.objective["name"] != "fast_at":
+            return None
+        generator = torch.Generator().manual_seed(self.config.train.seed)
+        n = min(len(self.train_split), self.config.train.batch_size)
+        index = torch.randperm(len(self.train_split), generator=generator)[:n].to(self.ctx.device)
+        x = to_float(self.train_split.images.index_select(0, index))
+        return CollapseGuard(x, self.train_split.labels.index_select(0, index), eps=eps)
+
+    def _wrap_model(self) -> nn.Module:
+        model: nn.Module = self.model
+        if self.config.train.compile:
+            model = torch.compile(model)
+        if self.ctx.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            device_ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
+            model = DistributedDataParallel(model, device_ids=device_ids)
+        return model
+
+    # ------------------------------------------------------------------------------------------ checkpoint
+    def _state(self) -> dict[str, Any]:
+        model_kwargs = dict(self.config.model.kwargs)
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "model_name": self.config.model.name,
+            "model_kwargs": model_kwargs,
+            "num_classes": int(getattr(self.model, "num_classes", 0) or 0),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "attention_optimizer": self.attention_optimizer.state_dict() if self.attention_optimizer else None,
+            "scaler": self.scaler.state_dict(),
+            "loader": self.loader.state_dict(),
+            "epoch": self.epoch,
+            "step": self.loader.step,
+            "rng": capture_rng_state(),
+            "generator": self.generator.get_state(),
+            "guard": self.guard.state_dict() if self.guard else None,
+            "config": config_to_dict(self.config),
+            "metrics": self.history,
+            "best_val_pgd": self.best_val_pgd,
+            "selected_epoch": self.selected_epoch,
+            "selection": self.config.train.selection,
+            "torch_version": torch.__version__,
+        }
+
+    def _save(self, name: str) -> None:
+        if self.ctx.is_main:
+            save_checkpoint(self._state(), self.out_dir / name)
+
+    def _resume(self) -> None:
+        path = self.out_dir / "last.pt"
+        state = load_checkpoint(path, map_location=self.ctx.device)
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"{path} is not a dsnet training checkpoint; start a new run in another folder")
+        saved = config_from_dict(state["config"])
+        if (saved.model.name, saved.model.kwargs) != (self.config.model.name, self.config.model.kwargs):
+            raise CheckpointError(f"{path} was trained as {saved.model.name} {saved.model.kwargs}, but the config asks "
+                                  f"for {self.config.model.name} {self.config.model.kwargs}; resume with the same model")
+        load_model_state(self.model, state, path=path, expected_name=self.config.model.name)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.attention_optimizer is not None and state["attention_optimizer"] is not None:
+            self.attention_optimizer.load_state_dict(state["attention_optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.loader.load_state_dict(state["loader"])
+        self.generator.set_state(state["generator"].cpu() if self.ctx.device.type == "cpu" else state["generator"])
+        if self.guard is not None and state.get("guard") is not None:
+            self.guard.load_state_dict(state["guard"])
+        restore_rng_state(state["rng"])
+        self.epoch = int(state["epoch"])
+        self.history = list(state["metrics"])
+        self.best_val_pgd = float(state["best_val_pgd"])
+        self.selected_epoch = state["selected_epoch"]
+        logger.info("resumed from %s at epoch %d step %d", path, self.epoch, self.loader.step)
+
+    # ------------------------------------------------------------------------------------------- training
+    def _progress(self, total: int, initial: int):  # noqa: ANN202
+        enabled = self.ctx.is_main and self.config.train.progress and sys.stderr.isatty()
+        if not enabled:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=total, initial=initial, desc=f"epoch {self.epoch}", file=sys.stderr, leave=False,
+                    mininterval=0.3, dynamic_ncols=True)
+
+    def _check_finite(self, value: float, where: str) -> None:
+        if not math.isfinite(value):
+            last = self.out_dir / "last.pt"
+            kept = f"the last good checkpoint {last} is kept" if last.exists() else "no checkpoint was written yet"
+            raise TrainingDivergedError(
+                f"the training loss became {value} at {where}; {kept}; lower optim.lr or use train.amp=off, then "
+                "resume with --resume"
+            )
+
+    def _set_lr(self, epoch_fraction: float) -> float:
+        lr = self.schedule(epoch_fraction)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def _train_epoch(self) -> dict[str, Any]:
+        cfg = self.config.train
+        self.model.train()
+        steps_per_epoch = len(self.loader)
+        if cfg.max_steps_per_epoch is not None:
+            steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
+        if self.loader.step >= steps_per_epoch:  # a checkpoint taken at the end of a shortened epoch
+            self.loader.set_epoch(self.loader.epoch + 1)
+        device = self.ctx.device
+        totals = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, correct, count
+        start_step = self.loader.step
+        bar = self._progress(steps_per_epoch, start_step)
+        t0 = time.perf_counter()
+        images = 0
+        lr = self.schedule(self.epoch + start_step / steps_per_epoch)
+        for x, y in self.loader:
+            step = self.loader.step - 1
+            lr = self._set_lr(self.epoch + step / steps_per_epoch)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with self.precision.autocast():
+                out = self.objective(self.train_model, x, y, epoch=self.epoch + step / steps_per_epoch,
+                                     generator=self.generator)
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.attention_optimizer is not None:
+                self.attention_optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(out.loss).backward()
+            self.scaler.step(self.optimizer)
+            if self.attention_optimizer is not None:
+                self.scaler.step(self.attention_optimizer)
+            self.scaler.update()
+            batch = out.targets.numel()
+            totals[0] += out.loss.detach().double() * batch
+            totals[1] += (out.logits.detach().argmax(1) == out.targets).sum()
+            totals[2] += batch
+            images += batch
+            if (step + 1) % cfg.log_every == 0 or step + 1 == steps_per_epoch:
+                loss_now = float(out.loss)  # the one host sync, at log steps only
+                self._check_finite(loss_now, f"epoch {self.epoch} step {step + 1}")
+                if bar is not None:
+                    rate = images * self.ctx.world_size / max(time.perf_counter() - t0, 1e-9)
+                    bar.set_postfix(loss=f"{loss_now:.3f}", acc=f"{float(totals[1] / totals[2]):.3f}",
+                                    img_s=f"{rate:.0f}")
+            if bar is not None:
+                bar.update(1)
+            if step + 1 >= steps_per_epoch:
+                break
+        if bar is not None:
+            bar.close()
+        elapsed = time.perf_counter() - t0
+        all_reduce_sum(totals)
+        train_loss = float(totals[0] / totals[2]) if totals[2] > 0 else float("nan")
+        self._check_finite(train_loss, f"the end of epoch {self.epoch}")
+        return {
+            "epoch": self.epoch,
+            "lr": lr,
+            "attention_lr": self.config.optim.attention_lr if self.attention_optimizer else None,
+            "train_loss": train_loss,
+            "train_acc": float(totals[1] / totals[2]),
+            "images_per_s": images * self.ctx.world_size / max(elapsed, 1e-9),
+            "epoch_time_s": elapsed,
+        }
+
+    def _validate(self, row: dict[str, Any]) -> None:
+        row["val_pgd_steps"] = self.val_attack["steps"]
+        due = self.epoch % self.config.train.eval_every == 0 or self.epoch == self.config.train.epochs
+        if self.val_split is None or not due:
+            row["val_clean_acc"] = row["val_pgd_acc"] = None
+            return
+        clean, robust = evaluate_robustness(self.model, self.val_split, batch_size=max(self.loader.batch_size, 64),
+                                            ctx=self.ctx, seed=self.config.train.seed, **self.val_attack)
+        row["val_clean_acc"], row["val_pgd_acc"] = clean, robust
+
+    def _select(self, row: dict[str, Any]) -> bool:
+        policy = self.config.train.selection
+        if policy == "last":
+            chosen = True
+        elif policy == "best_val_pgd":
+            score = row.get("val_pgd_acc")
+            chosen = score is not None and score > self.best_val_pgd
+            if chosen:
+                self.best_val_pgd = score
+        else:
+            chosen = self.epoch == self.selected_epoch_target
+        if chosen:
+            self.selected_epoch = self.epoch
+        return chosen
+
+    def run(self) -> TrainResult:
+        cfg = self.config.train
+        if self.ctx.is_main and self.epoch == 1 and self.loader.step == 0:
+            logger.info("config: %s", config_to_dict(self.config))
+            logger.info("model %s on %s, precision %s, %d process(es)", self.config.model.name, self.ctx.device,
+                        self.precision.name, self.ctx.world_size)
+        stopped: str | None = None
+        while self.epoch <= cfg.epochs:
+            row = self._train_epoch()
+            self._validate(row)
+            if isinstance(self.model, DSNet):
+                row["attention_weights"] = self.model.attention_weights().detach().cpu().tolist()
+            collapsed = False
+            if self.guard is not None:
+                check = self.guard.check(self.model)
+                row["probe_pgd_acc"] = check.robust_acc
+                collapsed = check.collapsed
+            if collapsed:
+                stopped = (f"catastrophic overfitting at epoch {self.epoch}: probe PGD accuracy fell to "
+                           f"{check.robust_acc:.3f}; kept the checkpoint of epoch {self.epoch - 1}")
+                logger.warning(stopped)
+                break
+            chosen = self._select(row)
+            row["selected"] = chosen
+            self.history.append(row)
+            if self.ctx.is_main:
+                logger.info(format_epoch_line(row))
+                assert self.metrics is not None
+                self.metrics.write(row)
+            finished_epoch = self.epoch
+            self.epoch += 1
+            self._save("last.pt")
+            if chosen:
+                self._save("selected.pt")
+            if cfg.keep_epoch_checkpoints:
+                self._save(f"epoch-{finished_epoch:04d}.pt")
+        if self.selected_epoch is None and self.ctx.is_main and self.history:
+            logger.warning("the selection policy %s chose no epoch (e.g. the first decay lies beyond the last "
+                           "epoch); selected.pt is the last epoch", cfg.selection)
+            self.selected_epoch = self.history[-1]["epoch"]
+            self._save("selected.pt")
+        if self.metrics is not None:
+            self.metrics.close()
+        return TrainResult(self.out_dir, len(self.history), self.history, self.selected_epoch, stopped)
+
+    def close(self) -> None:
+        handler = getattr(self, "_log_handler", None)
+        if handler is not None:
+            logging.getLogger("dsnet").removeHandler(handler)
+            handler.close()
+
+
+def train(config: RunConfig, data_dir: str | Path, out_dir: str | Path, *, resume: bool = False) -> TrainResult:
+    """Trains `config.model` with `config.objective` and writes the run folder `out_dir`.
+
+    Args:
+        config: a validated recipe (`dsnet.config.load_config`).
+        data_dir: dataset folder; the dataset is downloaded there when missing (unless data.download is off).
+        out_dir: run folder; must not hold a run unless `resume` is set.
+        resume: continue the run in `out_dir` exactly where its `last.pt` stopped.
+
+    Raises:
+        ConfigError, DataError, CheckpointError, TrainingDivergedError: with a one-line message saying what to do.
+    """
+    run = _Run(config, data_dir, out_dir, resume)
+    try:
+        return run.run()
+    finally:
+        run.close()
