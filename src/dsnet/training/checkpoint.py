@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -77,13 +78,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else "unsupported content"
-        if "weights_only" in str(error) or "Unsupported global" in str(error):
+        text = str(error)
+        unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        if unsafe or "weights_only" in text.lower() or "Weights only" in text:
+            what = f"a pickled {unsafe.group(1)}" if unsafe else "pickled Python objects"
             raise CheckpointError(
-                f"refusing to load {path}: it holds pickled Python objects that could run code ({first[:120]}); "
-                "only tensors-only checkpoints are accepted"
+                f"refusing to load {path}: it holds {what}, which could run code; only tensors-only checkpoints "
+                "are accepted (re-save the weights as a plain state dict)"
             ) from None
-        raise CheckpointError(f"checkpoint {path} is corrupt ({first[:120]}); use another copy") from None
+        raise CheckpointError(f"checkpoint {path} is corrupt ({text.strip()[:120]}); use another copy") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({first[:120]}); "

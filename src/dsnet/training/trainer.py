@@ -262,7 +262,7 @@ class _Run:
             "best_val_pgd": self.best_val_pgd,
             "selected_epoch": self.selected_epoch,
             "selection": self.config.train.selection,
-            "torch_version": torch.__version__,
+            "torch_version": str(torch.__version__),
         }
 
     def _save(self, name: str) -> None:
@@ -356,7 +356,7 @@ class _Run:
             totals[2] += batch
             images += batch
             if (step + 1) % cfg.log_every == 0 or step + 1 == steps_per_epoch:
-                loss_now = float(out.loss)  # the one host sync, at log steps only
+                loss_now = float(out.loss.detach())  # the one host sync, at log steps only
                 self._check_finite(loss_now, f"epoch {self.epoch} step {step + 1}")
                 if bar is not None:
                     rate = images * self.ctx.world_size / max(time.perf_counter() - t0, 1e-9)

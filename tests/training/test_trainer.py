@@ -1,0 +1,112 @@
+"""The trainer end to end on small generated data: it learns, resumes exactly, and refuses bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import tiny_recipe
+
+from dsnet.cli import main
+from dsnet.config import config_from_dict
+from dsnet.errors import CheckpointError, ConfigError, TrainingDivergedError
+from dsnet.training.checkpoint import load_checkpoint
+from dsnet.training.trainer import train
+
+
+def _train(data: Path, out: Path, resume: bool = False, **sections: dict):
+    return train(config_from_dict(tiny_recipe(**sections)), data, out, resume=resume)
+
+
+def test_training_lowers_the_loss_and_writes_the_run_folder(cifar10_dir: Path, tmp_path: Path) -> None:
+    result = _train(cifar10_dir, tmp_path / "run", train={"epochs": 5, "tensorboard": True},
+                    schedule={"milestones": [4]}, objective={"name": "standard"})
+    losses = [row["train_loss"] for row in result.history]
+    assert losses[-1] < 0.8 * losses[0]
+    assert max(row["val_clean_acc"] for row in result.history) >= 0.25  # 10 classes: chance is 0.1
+    for name in ("config.yaml", "train.log", "metrics.jsonl", "last.pt", "selected.pt"):
+        assert (tmp_path / "run" / name).is_file(), name
+    assert any((tmp_path / "run" / "tensorboard").iterdir())
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5]
+    assert len(rows[0]["attention_weights"]) == 3 and math.isclose(sum(rows[0]["attention_weights"][0]), 1.0, rel_tol=1e-6)
+    # first_decay_plus_one with the decay at epoch 4 selects epoch 5
+    assert result.selected_epoch == 5 and load_checkpoint(tmp_path / "run" / "selected.pt")["epoch"] == 6
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "epoch 5 | lr 0.0050" in log
+
+
+def test_checkpoint_holds_everything_and_loads_weights_only(cifar10_dir: Path, tmp_path: Path) -> None:
+    _train(cifar10_dir, tmp_path / "run", train={"epochs": 1})
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    for key in ("model", "optimizer", "attention_optimizer", "scaler", "loader", "rng", "generator", "epoch",
+                "config", "metrics"):
+        assert key in state, key
+    assert "attention" in state["model"]
+    assert state["attention_optimizer"]["state"], "Adam must have stepped the attention weights"
+
+
+def test_resumed_run_ends_with_identical_weights(cifar10_dir: Path, tmp_path: Path) -> None:
+    full = _train(cifar10_dir, tmp_path / "full", train={"epochs": 3})
+    _train(cifar10_dir, tmp_path / "part", train={"epochs": 1})
+    resumed = _train(cifar10_dir, tmp_path / "part", resume=True, train={"epochs": 3})
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
+    a = load_checkpoint(tmp_path / "full" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "part" / "last.pt")["model"]
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert full.history[-1]["train_loss"] == resumed.history[-1]["train_loss"]
+    lines = (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+
+
+def test_existing_run_is_never_overwritten(cifar10_dir: Path, tmp_path: Path) -> None:
+    _train(cifar10_dir, tmp_path / "run", train={"epochs": 1})
+    before = (tmp_path / "run" / "last.pt").read_bytes()
+    with pytest.raises(ConfigError, match="--resume"):
+        _train(cifar10_dir, tmp_path / "run", train={"epochs": 1})
+    assert (tmp_path / "run" / "last.pt").read_bytes() == before
+    with pytest.raises(CheckpointError, match="no .*last.pt"):
+        _train(cifar10_dir, tmp_path / "empty", resume=True)
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(cifar10_dir: Path, tmp_path: Path) -> None:
+    _train(cifar10_dir, tmp_path / "run", train={"epochs": 1})
+    good = load_checkpoint(tmp_path / "run" / "last.pt")
+    with pytest.raises(TrainingDivergedError, match="last good checkpoint"):
+        _train(cifar10_dir, tmp_path / "run", resume=True, train={"epochs": 2, "log_every": 1},
+               optim={"lr": 1e30})
+    kept = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert kept["epoch"] == good["epoch"]
+    assert all(torch.equal(kept["model"][k], good["model"][k]) for k in good["model"])
+
+
+def test_batch_larger_than_the_data_is_refused(cifar10_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="batch_size 4096 is larger"):
+        _train(cifar10_dir, tmp_path / "run", train={"batch_size": 4096})
+
+
+def test_cli_train_and_resume(cifar10_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe()))
+    args = ["train", "--config", str(recipe), "--data-dir", str(cifar10_dir), "--out-dir", str(tmp_path / "run")]
+    assert main(args + ["--set", "train.epochs=1"]) == 0
+    assert "done: 1 epochs" in capsys.readouterr().out
+    assert main(args + ["--resume"]) == 0
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 3
+    assert main(args + ["--set", "train.epoch=1"]) == 1
+    assert "did you mean train.epochs" in capsys.readouterr().err
+
+
+def test_cli_missing_data_gives_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe()))
+    code = main(["train", "--config", str(recipe), "--data-dir", str(tmp_path / "nothing"),
+                 "--out-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and err.startswith("dsnet: error:") and len(err.splitlines()) == 1
+    assert "download" in err
