@@ -39,6 +39,22 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_download(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dataset", help="cifar10, cifar100 or svhn")
+    parser.add_argument("--data-dir", required=True, help="folder to download and extract into")
+    parser.add_argument("--splits", nargs="+", default=None, help="splits to fetch (default: train and test)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _run_download(args: argparse.Namespace) -> int:
+    from dsnet.data import download_dataset
+
+    root = download_dataset(args.dataset, args.data_dir, args.splits, progress=not args.no_progress)
+    print(f"{args.dataset} is ready in {root}")
+    return 0
+
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handler]] = {
+    "download": ("download and verify a dataset (MD5-checked, resumable)", _add_download, _run_download),
     "train": ("train a model with a recipe (adversarially, or not)", _add_train, _run_train),
 }
