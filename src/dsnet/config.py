@@ -269,10 +269,14 @@ def config_from_dict(raw: dict[str, Any]) -> RunConfig:
             built[name] = _build_section(cls, raw.get(name), name)
         except ConfigError as error:
             problems.append(str(error))
+    defaults = RunConfig()
     for name in ("objective", "schedule"):
         if name in raw:
+            section = raw[name]
+            if isinstance(section, dict) and "name" not in section:  # parameters only: keep the default entry
+                section = {**getattr(defaults, name), **section}
             try:
-                built[name] = _check_named_section(raw[name], name)
+                built[name] = _check_named_section(section, name)
             except ConfigError as error:
                 problems.append(str(error))
     if problems:
