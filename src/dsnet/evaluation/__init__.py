@@ -1,1 +1,51 @@
-"""dsnet.evaluation."""
+"""dsnet.evaluation: robustness evaluation of checkpoints (`dsnet eval`) and RobustBench-style export.
+
+`evaluate(checkpoint, data_dir, ...)` computes clean, FGSM, PGD-20, CW∞-30 and AutoAttack accuracy with the
+`paper` or `standard` preset, the worst case over them, AutoAttack's per-stage accuracies and warnings, and
+sanity checks for gradient masking; it resumes after an interruption, shards across `torchrun` ranks, and
+writes `report.json` and `report.md`. `export_model` / `load_exported` write and read a RobustBench-style
+model with its architecture spec and claim JSON.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "evaluate": "evaluator",
+    "resolve_attack_names": "evaluator",
+    "default_out_dir": "evaluator",
+    "EvalReport": "report",
+    "AttackOutcome": "report",
+    "eps_fraction": "report",
+    "export_model": "export",
+    "load_exported": "export",
+    "robustbench_claim": "export",
+    "ExportResult": "export",
+    "load_model_for_evaluation": "loading",
+    "LoadedModel": "loading",
+    "state_dict_sha256": "loading",
+    "select_points": "points",
+    "shard_positions": "points",
+    "PointSelection": "points",
+    "PAPER_SUBSET": "points",
+    "SanityCheck": "sanity",
+    "check_ordering": "sanity",
+    "check_eps_sweep": "sanity",
+    "check_square": "sanity",
+    "check_perturbations": "sanity",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use, so that `dsnet -h` (which imports dsnet.evaluation.commands) does not load torch.
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"dsnet.evaluation.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'dsnet.evaluation' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,363 @@
+"""The result of an evaluation, and its two renderings: `report.json` for machines, `report.md` for people.
+
+`EvalReport` holds everything (STYLE.md rule 22): per-point robust flags for every attack, clean, per-attack
+and worst-case accuracy, ε, n and how the points were chosen, every attack's settings and seeds, versions,
+device, runtimes, AutoAttack's per-stage accuracies and warnings, and the sanity checks. Both files are written
+from it, atomically; nothing lives only in a log.
+
+In `report.json` the per-point flags are strings of "0"/"1" (one character per evaluated point, in the order
+of `points.indices`; "1" = still classified correctly), so the file stays readable at 10,000 points.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dsnet.evaluation.points import PointSelection
+from dsnet.evaluation.sanity import SanityCheck
+
+__all__ = [
+    "AttackOutcome",
+    "EvalReport",
+    "REPORT_FORMAT",
+    "METRIC_ORDER",
+    "PRESET_NOTES",
+    "eps_fraction",
+    "flags_to_string",
+    "flags_from_string",
+    "write_text_atomic",
+    "dumps_json",
+]
+
+REPORT_FORMAT = "dsnet-eval-report/1"
+
+METRIC_ORDER = ("clean", "fgsm", "fgsm_textbook", "pgd", "cw_inf", "autoattack")
+"""The paper's column order (Natural, FGSM, PGD-20, CW∞, AA); other attacks follow in the order given."""
+
+_SHORT_LABELS = {"clean": "Natural", "autoattack": "AA"}
+
+PRESET_NOTES = {
+    "paper": (
+        "the DS-Net authors' evaluation: ε = 0.031 (not 8/255); FGSM = uniform random start then one ε step; "
+        "PGD-20 and CW∞-30 (κ = 50), uniform start, step 0.031/4 for AT/MART-trained models and 0.003 for "
+        "TRADES-trained models; AutoAttack version 'standard' through the reference code"
+    ),
+    "standard": (
+        "the RobustBench threat model: ε = 8/255; FGSM = uniform random start then one ε step; PGD-20 and "
+        "CW∞-30 (κ = 50), uniform start, step 2/255 (ε/4) for every model; AutoAttack version 'standard' "
+        "through the reference code"
+    ),
+}
+
+
+def eps_fraction(eps: float) -> str:
+    """ε as k/255: "8/255" for 8/255, "7.905/255" for 0.031."""
+    k = eps * 255
+    if abs(k - round(k)) < 1e-6:
+        return f"{round(k)}/255"
+    return f"{k:.4g}/255"
+
+
+def flags_to_string(flags: torch.Tensor) -> str:
+    """(n,) bool -> "0110..." ("1" = robust)."""
+    return "".join("1" if flag else "0" for flag in flags.to(torch.bool).tolist())
+
+
+def flags_from_string(text: str) -> torch.Tensor:
+    """"0110..." -> (n,) bool."""
+    if set(text) - {"0", "1"}:
+        raise ValueError("robust flags must be a string of 0 and 1")
+    return torch.tensor([c == "1" for c in text], dtype=torch.bool)
+
+
+def dumps_json(payload: Any) -> str:
+    """JSON with 2-space indents, but lists of numbers on one line (indices, sweeps stay compact)."""
+    text = json.dumps(payload, indent=2, ensure_ascii=False, allow_nan=True)
+    number_list = re.compile(r"\[\s*(-?[\d.eE+-]+(?:,\s*-?[\d.eE+-]+)*)\s*\]")
+    return number_list.sub(lambda m: "[" + ", ".join(part.strip() for part in m.group(1).split(",")) + "]", text)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Writes `text` to `path` through a temporary file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class AttackOutcome:
+    """One metric of the evaluation: clean accuracy or one attack.
+
+    Attributes:
+        name: "clean" or the attack's registry name.
+        label: display name ("Natural", "FGSM", "PGD-20", "CW∞-30", "AutoAttack").
+        config: every setting of the attack (see `Attack.config`); empty for clean.
+        flags: (n,) bool, True where the point is still classified correctly (clean and under this attack).
+        runtime_s: wall time of the attack (from the run that computed it, also after a resume).
+        stats: adversarial-point statistics: max_linf, min_value, max_value, nan_count, n_attacked.
+        resumed: True when taken from the state file of an earlier, interrupted run.
+        extra: attack-specific results (AutoAttack: stage_accuracy, stages_run, warnings).
+    """
+
+    name: str
+    label: str
+    config: dict[str, Any]
+    flags: torch.Tensor
+    runtime_s: float
+    stats: dict[str, Any] = field(default_factory=dict)
+    resumed: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def robust(self) -> int:
+        return int(self.flags.sum().item())
+
+    @property
+    def accuracy(self) -> float:
+        return self.robust / self.flags.numel() if self.flags.numel() else math.nan
+
+    @property
+    def short_label(self) -> str:
+        return _SHORT_LABELS.get(self.name, self.label)
+
+
+@dataclass
+class EvalReport:
+    """Everything an evaluation produced; see the module docstring.
+
+    Attributes:
+        checkpoint: the evaluated file.
+        model: name, kwargs, num_classes, parameters, weights_sha256, epoch, trained_with (+ source).
+        dataset: dataset name.
+        split: evaluated split.
+        selection: which points, and how they were chosen.
+        preset: "paper" or "standard".
+        eps: the L∞ radius, in pixel units.
+        step_note: one sentence on the PGD/CW step size and why (the training objective).
+        outcomes: clean first, then the attacks in the paper's order.
+        sanity_checks: the gradient-masking checks.
+        eps_sweep: (ε, PGD accuracy) pairs of the sanity sweep, or None.
+        eps_sweep_n: points in the sweep.
+        seeds: every seed used.
+        versions: dsnet, torch, pyautoattack, python.
+        device: device, its name, number of processes.
+        runtime_s: wall time of this call.
+        overrides: attack settings changed from the preset (makes the evaluation "custom").
+        out_dir: where the files were written (None when not written).
+    """
+
+    checkpoint: str
+    model: dict[str, Any]
+    dataset: str
+    split: str
+    selection: PointSelection
+    preset: str
+    eps: float
+    step_note: str
+    outcomes: list[AttackOutcome]
+    sanity_checks: list[SanityCheck]
+    eps_sweep: list[tuple[float, float]] | None
+    eps_sweep_n: int
+    seeds: dict[str, Any]
+    versions: dict[str, str]
+    device: dict[str, Any]
+    runtime_s: float
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    out_dir: Path | None = None
+
+    # ------------------------------------------------------------------------------------------ numbers
+    @property
+    def n(self) -> int:
+        return self.selection.n
+
+    def outcome(self, name: str) -> AttackOutcome:
+        """The outcome of metric `name` ("clean", "pgd", ...)."""
+        for outcome in self.outcomes:
+            if outcome.name == name:
+                return outcome
+        raise KeyError(f"no metric {name!r} in this report; it has {', '.join(o.name for o in self.outcomes)}")
+
+    @property
+    def worst_case_flags(self) -> torch.Tensor:
+        """(n,) bool: robust to every attack run (and correct on the clean input)."""
+        flags = torch.ones(self.n, dtype=torch.bool)
+        for outcome in self.outcomes:
+            flags &= outcome.flags
+        return flags
+
+    @property
+    def worst_case_accuracy(self) -> float:
+        return self.worst_case_flags.float().mean().item() if self.n else math.nan
+
+    @property
+    def accuracy(self) -> dict[str, float]:
+        """metric -> accuracy in [0, 1], in the paper's order, then "worst_case"."""
+        return {**{o.name: o.accuracy for o in self.outcomes}, "worst_case": self.worst_case_accuracy}
+
+    @property
+    def autoattack(self) -> dict[str, Any] | None:
+        """AutoAttack's stage accuracies, stages run and warnings, when it was run."""
+        for outcome in self.outcomes:
+            if outcome.name == "autoattack":
+                return dict(outcome.extra)
+        return None
+
+    @property
+    def failed_checks(self) -> list[SanityCheck]:
+        return [check for check in self.sanity_checks if check.status == "failed"]
+
+    # -------------------------------------------------------------------------------------------- JSON
+    def to_dict(self, include_points: bool = True) -> dict[str, Any]:
+        """The content of `report.json`."""
+        attacks = {}
+        for o in self.outcomes:
+            attacks[o.name] = {
+                "label": o.label,
+                "accuracy": o.accuracy,
+                "robust": o.robust,
+                "n": int(o.flags.numel()),
+                "runtime_s": o.runtime_s,
+                "resumed": o.resumed,
+                "settings": dict(o.config),
+                "adversarial_stats": dict(o.stats),
+                **({"autoattack": dict(o.extra)} if o.extra else {}),
+            }
+        payload: dict[str, Any] = {
+            "format": REPORT_FORMAT,
+            "checkpoint": self.checkpoint,
+            "model": dict(self.model),
+            "dataset": self.dataset,
+            "split": self.split,
+            "n": self.n,
+            "selection": self.selection.to_dict(),
+            "threat_model": {"norm": "Linf", "eps": self.eps, "eps_255": eps_fraction(self.eps),
+                             "preset": self.preset, "preset_description": PRESET_NOTES.get(self.preset, ""),
+                             "step_note": self.step_note, "custom_overrides": dict(self.overrides)},
+            "accuracy": self.accuracy,
+            "worst_case": {"accuracy": self.worst_case_accuracy, "robust": int(self.worst_case_flags.sum()),
+                           "over": [o.name for o in self.outcomes]},
+            "attacks": attacks,
+            "autoattack": self.autoattack,
+            "sanity_checks": [check.to_dict() for check in self.sanity_checks],
+            "eps_sweep": ({"n": self.eps_sweep_n, "points": [{"eps": e, "accuracy": a} for e, a in self.eps_sweep]}
+                          if self.eps_sweep else None),
+            "seeds": dict(self.seeds),
+            "versions": dict(self.versions),
+            "device": dict(self.device),
+            "runtime_s": {"total": self.runtime_s, **{o.name: o.runtime_s for o in self.outcomes}},
+        }
+        if include_points:
+            payload["points"] = {
+                "indices": self.selection.indices.tolist(),
+                "robust_flags": {o.name: flags_to_string(o.flags) for o in self.outcomes},
+                "worst_case_flags": flags_to_string(self.worst_case_flags),
+            }
+        return payload
+
+    # ---------------------------------------------------------------------------------------- Markdown
+    def to_markdown(self) -> str:
+        """The content of `report.md`."""
+        model = self.model
+        lines = [f"# Robustness of `{model['name']}` on {self.dataset} ({self.split})", ""]
+        lines += [
+            f"- checkpoint: `{self.checkpoint}`" + (f" (epoch {model['epoch']})" if model.get("epoch") else ""),
+            f"- threat model: L∞, ε = {self.eps:g} ({eps_fraction(self.eps)}), preset **{self.preset}**"
+            + (" with custom overrides" if self.overrides else ""),
+            f"- points: n = {self.n}, {self.selection.description}",
+            f"- step sizes: {self.step_note}",
+            "",
+            "| " + " | ".join([o.short_label for o in self.outcomes] + ["Worst case"]) + " |",
+            "|" + "---:|" * (len(self.outcomes) + 1),
+            "| " + " | ".join([f"{100 * o.accuracy:.2f}" for o in self.outcomes]
+                              + [f"{100 * self.worst_case_accuracy:.2f}"]) + " |",
+            "",
+            "Accuracy in % on the same n points; worst case = points robust to every attack run.",
+            "",
+            "## Attacks",
+            "",
+            "| Metric | Accuracy (%) | Robust / n | Settings | Runtime (s) |",
+            "|---|---:|---:|---|---:|",
+        ]
+        for o in self.outcomes:
+            settings = _settings_text(o.config)
+            resumed = " (resumed)" if o.resumed else ""
+            lines.append(f"| {o.label} | {100 * o.accuracy:.2f} | {o.robust} / {o.flags.numel()} | {settings} | "
+                         f"{o.runtime_s:.1f}{resumed} |")
+        lines.append(f"| Worst case | {100 * self.worst_case_accuracy:.2f} | {int(self.worst_case_flags.sum())} / "
+                     f"{self.n} | all of the above | |")
+        aa = self.autoattack
+        if aa:
+            stages = list(aa.get("stage_accuracy", {}))
+            lines += ["", "## AutoAttack stages", "",
+                      "| " + " | ".join(s.upper() if s != "clean" else "Clean" for s in stages) + " |",
+                      "|" + "---:|" * len(stages),
+                      "| " + " | ".join(f"{100 * aa['stage_accuracy'][s]:.2f}" for s in stages) + " |", "",
+                      f"Stages run: {', '.join(aa.get('stages_run', [])) or 'none'}. Warnings of AutoAttack's checks: "
+                      + ("none." if not aa.get("warnings") else "")]
+            lines += [f"- {warning}" for warning in aa.get("warnings", [])]
+        lines += ["", "## Sanity checks (gradient masking)", ""]
+        for check in self.sanity_checks:
+            lines.append(f"- **{check.status.upper()}** - {check.title}: {check.message}")
+        if self.eps_sweep:
+            lines += ["", f"ε sweep (PGD-20, step ε/4, {self.eps_sweep_n} points):", "",
+                      "| ε | " + " | ".join(f"{eps:.4g}" for eps, _ in self.eps_sweep) + " |",
+                      "|---|" + "---:|" * len(self.eps_sweep),
+                      "| accuracy (%) | " + " | ".join(f"{100 * acc:.2f}" for _, acc in self.eps_sweep) + " |"]
+        lines += [
+            "",
+            "## Run",
+            "",
+            f"- model: {model['name']}{' ' + str(model['kwargs']) if model.get('kwargs') else ''}, "
+            f"{model.get('num_classes')} classes, "
+            f"{model.get('parameters', 0):,} parameters, weights sha256 {str(model.get('weights_sha256', ''))[:16]}…",
+            f"- trained with: {model.get('trained_with')} ({model.get('trained_with_source')})",
+            f"- preset {self.preset}: {PRESET_NOTES.get(self.preset, '')}",
+            f"- seeds: {', '.join(f'{k} {v}' for k, v in self.seeds.items())}",
+            f"- device: {self.device.get('name')} × {self.device.get('world_size')} process(es), fp32",
+            f"- versions: {', '.join(f'{k} {v}' for k, v in self.versions.items())}",
+            f"- runtime: {self.runtime_s:.1f} s for this call; per metric: "
+            + ", ".join(f"{o.short_label} {o.runtime_s:.1f} s" for o in self.outcomes),
+            "",
+        ]
+        return "\n".join(lines)
+
+    def write(self, out_dir: str | Path) -> tuple[Path, Path]:
+        """Writes `report.json` and `report.md` into `out_dir` (atomically) and returns their paths."""
+        out_dir = Path(out_dir)
+        json_path, md_path = out_dir / "report.json", out_dir / "report.md"
+        write_text_atomic(json_path, dumps_json(self.to_dict()) + "\n")
+        write_text_atomic(md_path, self.to_markdown())
+        self.out_dir = out_dir
+        return json_path, md_path
+
+
+def _settings_text(config: dict[str, Any]) -> str:
+    """A compact one-cell summary of an attack's settings for the Markdown table."""
+    if not config:
+        return "-"
+    keys = ("eps", "step_size", "steps", "restarts", "kappa", "random_start", "version", "seed")
+    parts = []
+    for key in keys:
+        if key in config:
+            value = config[key]
+            parts.append(f"{key} {value:.5g}" if isinstance(value, float) else f"{key} {value}")
+    if "stages" in config:
+        parts.append("stages " + "+".join(config["stages"]))
+    return ", ".join(parts)

@@ -1,0 +1,201 @@
+"""Sanity checks that flag gradient masking (Carlini et al. 2019; Croce & Hein 2020, `flags_doc.md`).
+
+Each check is a pure function of numbers the evaluation already has and returns a `SanityCheck` that is
+passed, failed or skipped, with one sentence saying why:
+
+- `check_ordering`: stronger attacks must not leave more points robust: AA ≤ PGD ≤ FGSM ≤ clean, and every
+  attack ≤ clean. A single-step attack beating a multi-step one is the classic sign of masked gradients.
+- `check_eps_sweep`: PGD accuracy must fall as ε grows and reach about 0 at a large ε (0.5 lets PGD paint any
+  image); a plateau above 0 means the gradient does not lead anywhere.
+- `check_square`: the black-box Square attack must not lower AutoAttack's accuracy after the white-box attacks
+  by more than 0.2 % (AutoAttack's own threshold).
+- `check_perturbations`: every adversarial point lies in the ε-ball and in [0, 1], with no NaN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "SanityCheck",
+    "check_ordering",
+    "check_eps_sweep",
+    "check_square",
+    "check_perturbations",
+    "ORDERING_CHAIN",
+    "SQUARE_THRESHOLD",
+    "SWEEP_EPS_FACTORS",
+    "SWEEP_LARGE_EPS",
+]
+
+ORDERING_CHAIN = ("clean", "fgsm", "pgd", "autoattack")
+"""Metrics that must be non-increasing in this order (those that were run)."""
+
+SQUARE_THRESHOLD = 0.002
+"""Largest accuracy drop Square may add after the white-box attacks (AutoAttack's check uses 0.2 %)."""
+
+SWEEP_EPS_FACTORS = (0.5, 1.0, 2.0, 4.0)
+"""Multiples of the preset ε in the sweep."""
+
+SWEEP_LARGE_EPS = 0.5
+"""The large ε at the end of the sweep, where accuracy must be about 0."""
+
+PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
+
+
+@dataclass(frozen=True)
+class SanityCheck:
+    """The outcome of one check.
+
+    Attributes:
+        name: short identifier ("ordering", "eps_sweep", "square", "perturbation_bounds").
+        title: what the check tests, in words.
+        status: "passed", "failed" or "skipped".
+        message: one sentence with the numbers behind the status.
+        details: the numbers, for machines.
+    """
+
+    name: str
+    title: str
+    status: str
+    message: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "title": self.title, "status": self.status, "message": self.message,
+                "details": dict(self.details)}
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.2f}%"
+
+
+def check_ordering(accuracy: Mapping[str, float], labels: Mapping[str, str]) -> SanityCheck:
+    """AA ≤ PGD ≤ FGSM ≤ clean (for those run), and every attack ≤ clean.
+
+    Args:
+        accuracy: metric name ("clean", "fgsm", "pgd", "cw_inf", "autoattack", ...) -> accuracy in [0, 1].
+        labels: metric name -> display label ("Natural", "PGD-20", ...).
+    """
+    title = "accuracy does not increase with attack strength (AA ≤ PGD ≤ FGSM ≤ clean)"
+    label = lambda name: labels.get(name, name)  # noqa: E731
+    attacks = [name for name in accuracy if name != "clean"]
+    if "clean" not in accuracy or not attacks:
+        return SanityCheck("ordering", title, SKIPPED, "no attack was run, so there is nothing to compare.")
+    problems = []
+    chain = [name for name in ORDERING_CHAIN if name in accuracy]
+    for weaker, stronger in zip(chain, chain[1:]):
+        if accuracy[stronger] > accuracy[weaker]:
+            problems.append(f"{label(stronger)} {_pct(accuracy[stronger])} > {label(weaker)} {_pct(accuracy[weaker])}")
+    for name in attacks:
+        if name not in chain and accuracy[name] > accuracy["clean"]:
+            problems.append(f"{label(name)} {_pct(accuracy[name])} > {label('clean')} {_pct(accuracy['clean'])}")
+    order = " ≥ ".join(f"{label(name)} {_pct(accuracy[name])}" for name in chain)
+    details = {"chain": chain, "accuracy": dict(accuracy)}
+    if problems:
+        return SanityCheck("ordering", title, FAILED,
+                           f"a stronger attack left more points robust ({'; '.join(problems)}): a sign of gradient "
+                           "masking, or of a weak attack configuration.", {**details, "violations": problems})
+    others = [name for name in attacks if name not in chain]
+    tail = f"; {', '.join(label(n) for n in others)} ≤ {label('clean')}" if others else ""
+    return SanityCheck("ordering", title, PASSED, f"{order}{tail}.", details)
+
+
+def check_eps_sweep(sweep: Sequence[tuple[float, float]] | None, n: int, *, reason_skipped: str = "",
+                    tolerance_points: int = 1, zero_threshold: float = 0.01) -> SanityCheck:
+    """PGD accuracy falls as ε grows and is about 0 at the largest ε.
+
+    Args:
+        sweep: (ε, accuracy) pairs in increasing ε, the last at a large ε; None when the sweep did not run.
+        n: number of points in the sweep.
+        reason_skipped: why the sweep did not run (for the message).
+        tolerance_points: an increase by at most this many points (of n) between neighbouring ε is noise.
+        zero_threshold: "about 0": accuracy at the largest ε must be at most max(this, one point).
+    """
+    title = "PGD accuracy falls as ε grows and reaches ~0 at a large ε"
+    if not sweep:
+        return SanityCheck("eps_sweep", title, SKIPPED, reason_skipped or "the ε sweep was not run.")
+    tolerance = tolerance_points / max(n, 1)
+    limit = max(zero_threshold, 1 / max(n, 1))
+    values = ", ".join(f"{_pct(acc)} at ε={eps:.4g}" for eps, acc in sweep)
+    details = {"n": n, "sweep": [{"eps": eps, "accuracy": acc} for eps, acc in sweep], "tolerance": tolerance,
+               "zero_threshold": limit}
+    rises = [(a, b) for a, b in zip(sweep, sweep[1:]) if b[1] > a[1] + tolerance]
+    largest_eps, last = sweep[-1]
+    problems = []
+    if rises:
+        problems.append("accuracy rises with ε (" + "; ".join(
+            f"{_pct(a[1])} at {a[0]:.4g} -> {_pct(b[1])} at {b[0]:.4g}" for a, b in rises) + ")")
+    if last > limit:
+        problems.append(f"{_pct(last)} of points survive ε={largest_eps:.4g}, which should break all")
+    if problems:
+        return SanityCheck("eps_sweep", title, FAILED,
+                           f"PGD on {n} points: {values}; {' and '.join(problems)}: a sign of gradient masking.",
+                           details)
+    return SanityCheck("eps_sweep", title, PASSED,
+                       f"PGD on {n} points: {values}; accuracy falls with ε and is ≤ {_pct(limit)} at the largest.",
+                       details)
+
+
+def check_square(stage_accuracy: Mapping[str, float] | None, stages_run: Sequence[str] | None) -> SanityCheck:
+    """Square must not lower AutoAttack's robust accuracy after the white-box attacks by more than 0.2 %.
+
+    Args:
+        stage_accuracy: "clean", then each AutoAttack stage in order, mapped to the accuracy after it.
+        stages_run: the stages that actually ran (Square is skipped when no robust point is left).
+    """
+    title = "Square (black-box) is no stronger than the white-box attacks"
+    if not stage_accuracy:
+        return SanityCheck("square", title, SKIPPED, "AutoAttack was not run.")
+    stages = list(stage_accuracy)
+    if "square" not in stages:
+        return SanityCheck("square", title, SKIPPED, "this AutoAttack version has no Square stage.")
+    if "square" not in (stages_run or ()):
+        return SanityCheck("square", title, SKIPPED,
+                           "Square did not run: the white-box attacks left no robust point.")
+    before = stage_accuracy[stages[stages.index("square") - 1]]
+    after = stage_accuracy["square"]
+    drop = before - after
+    details = {"before_square": before, "after_square": after, "drop": drop, "threshold": SQUARE_THRESHOLD}
+    if drop > SQUARE_THRESHOLD:
+        return SanityCheck("square", title, FAILED,
+                           f"Square lowered robust accuracy from {_pct(before)} to {_pct(after)} after the white-box "
+                           f"attacks (> {_pct(SQUARE_THRESHOLD)}): gradients are likely masked; try adaptive attacks.",
+                           details)
+    return SanityCheck("square", title, PASSED,
+                       f"Square changed robust accuracy by {_pct(drop)} after the white-box attacks "
+                       f"({_pct(before)} -> {_pct(after)}), within {_pct(SQUARE_THRESHOLD)}.", details)
+
+
+def check_perturbations(stats: Mapping[str, Mapping[str, Any]], labels: Mapping[str, str],
+                        eps: float, tolerance: float = 1e-6) -> SanityCheck:
+    """Every attack's points lie in the ε-ball (L∞) and in [0, 1], and none is NaN.
+
+    Args:
+        stats: attack name -> {"max_linf", "min_value", "max_value", "nan_count", "n_attacked", and optionally
+            the attack's own "eps"}.
+        labels: attack name -> display label.
+        eps: the ε of the evaluation (for attacks whose stats carry none).
+        tolerance: floating-point slack on the bounds.
+    """
+    title = "adversarial points lie in the ε-ball and in [0, 1], without NaN"
+    checked = {name: s for name, s in stats.items() if s.get("n_attacked")}
+    if not checked:
+        return SanityCheck("perturbation_bounds", title, SKIPPED, "no point was attacked.")
+    problems = []
+    for name, s in checked.items():
+        if s["nan_count"]:
+            problems.append(f"{labels.get(name, name)} produced {s['nan_count']} NaN values")
+        bound = s.get("eps", eps)
+        if s["max_linf"] > bound + tolerance:
+            problems.append(f"{labels.get(name, name)} moved a point by {s['max_linf']:.6f} > ε = {bound:.6f}")
+        if s["min_value"] < -tolerance or s["max_value"] > 1 + tolerance:
+            problems.append(f"{labels.get(name, name)} left [0, 1] ({s['min_value']:.4f}..{s['max_value']:.4f})")
+    largest = max(s["max_linf"] for s in checked.values())
+    details = {"eps": eps, "max_linf": {name: s["max_linf"] for name, s in checked.items()}}
+    if problems:
+        return SanityCheck("perturbation_bounds", title, FAILED, "; ".join(problems) + ".", details)
+    return SanityCheck("perturbation_bounds", title, PASSED,
+                       f"largest ||δ||∞ {largest:.5f} ≤ ε = {eps:.5f}, all values in [0, 1], no NaN.", details)

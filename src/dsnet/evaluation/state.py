@@ -1,0 +1,119 @@
+"""The resume file of an evaluation: `<out_dir>/eval_state.json`.
+
+It is rewritten atomically after every finished attack (and after the ε sweep) with that attack's per-point
+flags, settings, statistics and runtime. A rerun with the same settings reads it and skips what is finished;
+the file records the settings that decide the numbers (the model's weights, dataset, split, points, preset,
+training objective, batch size, seed, overrides), and a rerun with other settings is refused, unless it asks
+to restart. An attack whose stored settings differ from the ones it would run with now is refused the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from dsnet.errors import ConfigError
+from dsnet.evaluation.report import dumps_json, write_text_atomic
+
+__all__ = ["EvalState", "STATE_FORMAT", "STATE_NAME", "plain"]
+
+logger = logging.getLogger(__name__)
+
+STATE_FORMAT = "dsnet-eval-state/1"
+STATE_NAME = "eval_state.json"
+
+
+def plain(value: Any) -> Any:
+    """`value` as it reads back from JSON (tuples become lists, keys strings), for comparisons."""
+    return json.loads(json.dumps(value))
+
+
+def _differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    keys = sorted(set(saved) | set(now))
+    return [f"{k}: saved {saved.get(k)!r}, now {now.get(k)!r}" for k in keys if saved.get(k) != now.get(k)]
+
+
+class EvalState:
+    """Finished attacks of one evaluation, kept on disk so an interrupted evaluation can resume.
+
+    Args:
+        path: the state file; None keeps the state in memory only (nothing to resume).
+        settings: what must match for a resume (see the module docstring).
+        results: attack name -> {"config", "flags", "runtime_s", "stats", "extra"} of finished attacks.
+        sweep: the ε sweep's result, once run.
+        resumed: whether anything was read from an earlier run.
+    """
+
+    def __init__(self, path: Path | None, settings: dict[str, Any], results: dict[str, dict[str, Any]] | None = None,
+                 sweep: dict[str, Any] | None = None, resumed: bool = False) -> None:
+        self.path = path
+        self.settings = plain(settings)
+        self.results = results or {}
+        self.sweep = sweep
+        self.resumed = resumed
+
+    @classmethod
+    def open(cls, path: Path | None, settings: dict[str, Any], *, restart: bool = False) -> EvalState:
+        """The state saved at `path`, checked against `settings`, or a fresh one.
+
+        Raises:
+            ConfigError: the file holds an evaluation with other settings (and `restart` is False), or is not
+                an evaluation state.
+        """
+        if path is None or restart or not path.exists():
+            return cls(path, settings)
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"cannot read the evaluation state {path} ({error}); rerun with --restart to start "
+                              "over") from None
+        if not isinstance(raw, dict) or raw.get("format") != STATE_FORMAT:
+            raise ConfigError(f"{path} is not a dsnet evaluation state; rerun with --restart or choose another "
+                              "--out-dir")
+        now = plain(settings)
+        different = _differences(raw.get("settings", {}), now)
+        if different:
+            raise ConfigError(
+                f"{path.parent} holds an evaluation with other settings ({'; '.join(different)}); rerun with "
+                "--restart to discard it, or choose another --out-dir"
+            )
+        state = cls(path, now, dict(raw.get("results", {})), raw.get("sweep"), resumed=bool(raw.get("results")))
+        if state.resumed:
+            logger.info("resuming the evaluation in %s: finished %s", path.parent, ", ".join(state.results))
+        return state
+
+    def finished(self, name: str, config: dict[str, Any]) -> dict[str, Any] | None:
+        """The stored result of `name`, or None if it has not finished.
+
+        Raises:
+            ConfigError: it finished with other settings than `config`.
+        """
+        result = self.results.get(name)
+        if result is None:
+            return None
+        different = _differences(result.get("config", {}), plain(config))
+        if different:
+            raise ConfigError(
+                f"{name} in {self.path} was run with other settings ({'; '.join(different)}); rerun with --restart "
+                "to discard the earlier results, or choose another --out-dir"
+            )
+        return result
+
+    def record(self, name: str, result: dict[str, Any]) -> None:
+        """Stores a finished attack and saves the file."""
+        self.results[name] = plain(result)
+        self.save()
+
+    def record_sweep(self, sweep: dict[str, Any]) -> None:
+        """Stores the ε sweep and saves the file."""
+        self.sweep = plain(sweep)
+        self.save()
+
+    def save(self) -> None:
+        """Writes the file atomically; nothing without a path."""
+        if self.path is None:
+            return
+        payload = {"format": STATE_FORMAT, "settings": self.settings, "results": self.results, "sweep": self.sweep}
+        write_text_atomic(self.path, dumps_json(payload) + "\n")
