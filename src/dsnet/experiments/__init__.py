@@ -1,1 +1,42 @@
-"""dsnet.experiments."""
+"""dsnet.experiments: the paper's tables and figures as grids of runs (`dsnet reproduce`).
+
+`reproduce(grid, out_dir=..., data_dir=..., scale="paper" | "mini", seeds=..., devices=...)` trains and evaluates
+every cell of a grid (models x training styles x seeds), skips finished cells, resumes unfinished ones, and
+writes `tables/<grid>.md` and `.csv`: mean ± std over seeds beside the paper's numbers (kept as JSON data in
+`dsnet/experiments/paper_results/`). `build_grid` lists the cells without running anything.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "reproduce": "runner",
+    "ReproduceResult": "runner",
+    "run_cell": "runner",
+    "plan_cells": "runner",
+    "build_grid": "grids",
+    "GRIDS": "grids",
+    "SCALES": "grids",
+    "Scale": "grids",
+    "Cell": "grids",
+    "EvalSpec": "grids",
+    "write_tables": "aggregate",
+    "load_paper": "aggregate",
+    "mean_std": "aggregate",
+    "evaluate_cell": "cell_eval",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use, so that `dsnet -h` does not load torch.
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"dsnet.experiments.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'dsnet.experiments' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

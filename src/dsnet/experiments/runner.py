@@ -1,0 +1,463 @@
+"""`dsnet reproduce`: run the cells of a paper grid, skipping what is done and resuming what is not.
+
+Layout under `--out-dir`::
+
+    runs/<dataset>-<style>-<variant>-seed<seed>/   one training run, shared by every grid that needs it
+        cell.json        what the worker needs: recipe, evaluation spec, derivation
+        recipe.yaml      the resolved recipe (`dsnet train --config` reads it the same way)
+        train/           the `dsnet train` run folder (config.yaml, metrics.jsonl, last.pt, selected.pt)
+        eval/<tag>/report.json   one evaluation of train/selected.pt (the tag names attacks, n and a hash)
+        worker.log       output of the worker process (parallel runs only)
+    tables/<grid>.md, <grid>.csv (and <grid>.png for figures)
+
+A cell is finished when its evaluation report exists; it is skipped. A cell whose `train/last.pt` exists is
+resumed (`train(..., resume=True)`, which returns at once when training had finished). Cells derived from
+another run (Table 4's pruned models, Figure 5's learned initialisation) run after their parent.
+
+On a CPU, or on one GPU without `--devices`, cells run one after another in this process. With
+`--devices 0,1,...` each cell runs in its own worker process (`python -m dsnet.experiments.runner CELL_DIR
+--data-dir DIR`) with `CUDA_VISIBLE_DEVICES` set to one device, one worker per device at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dsnet.config import config_from_dict
+from dsnet.errors import ConfigError, DsnetError
+from dsnet.experiments.cell_eval import REPORT_NAME, evaluate_cell, read_cell_report
+from dsnet.experiments.grids import Cell, EvalSpec, Scale, build_grid, with_scale
+from dsnet.training.trainer import train
+
+__all__ = [
+    "CellPlan",
+    "ReproduceResult",
+    "reproduce",
+    "plan_cells",
+    "run_cell",
+    "cell_dir",
+    "eval_dir",
+    "cell_state",
+    "check_recipes",
+    "worker_command",
+    "main",
+]
+
+logger = logging.getLogger(__name__)
+
+_RUNTIME_ONLY = {("train", "device"), ("train", "progress"), ("train", "tensorboard"), ("train", "log_every")}
+"""Recipe keys that do not change a run's result; ignored when a rerun compares recipes."""
+
+
+def cell_dir(out_dir: str | Path, cell: Cell) -> Path:
+    """`<out>/runs/<run_id>`."""
+    return Path(out_dir) / "runs" / cell.run_id
+
+
+def eval_dir(out_dir: str | Path, cell: Cell) -> Path:
+    """`<out>/runs/<run_id>/eval/<tag>`."""
+    return cell_dir(out_dir, cell) / "eval" / cell.eval.tag
+
+
+def _training_finished(run_dir: Path, epochs: int) -> bool:
+    metrics = run_dir / "metrics.jsonl"
+    if not (run_dir / "selected.pt").is_file() or not metrics.is_file():
+        return False
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    return bool(rows) and int(rows[-1].get("epoch", 0)) >= epochs
+
+
+def cell_state(out_dir: str | Path, cell: Cell) -> str:
+    """"done" (evaluated), "evaluate" (trained), "resume" (last.pt exists), "train", or "waiting" (for its parent)."""
+    folder = cell_dir(out_dir, cell)
+    if (eval_dir(out_dir, cell) / REPORT_NAME).is_file():
+        return "done"
+    run_dir = folder / "train"
+    if _training_finished(run_dir, int(cell.recipe.get("train", {}).get("epochs", 0))):
+        return "evaluate"
+    if (run_dir / "last.pt").is_file():
+        return "resume"
+    if cell.parent_id is not None:
+        parent = Path(out_dir) / "runs" / cell.parent_id / "train"
+        parent_epochs = None
+        recipe = Path(out_dir) / "runs" / cell.parent_id / "recipe.yaml"
+        if recipe.is_file():
+            parent_epochs = int((yaml.safe_load(recipe.read_text()) or {}).get("train", {}).get("epochs", 0))
+        if parent_epochs is None or not _training_finished(parent, parent_epochs):
+            return "waiting"
+    return "train"
+
+
+def worker_command(cell_path: Path, data_dir: str | Path) -> list[str]:
+    """The command a worker process runs for one cell."""
+    return [sys.executable, "-m", "dsnet.experiments.runner", str(cell_path), "--data-dir", str(data_dir)]
+
+
+@dataclass(frozen=True)
+class CellPlan:
+    """A cell, its folder and what a run would do with it."""
+
+    cell: Cell
+    path: Path
+    state: str
+
+    def describe(self, data_dir: str | Path) -> str:
+        """One line on the run (state, model, objective, epochs, evaluation, recipe) and the worker command."""
+        recipe = self.cell.recipe
+        model = recipe["model"]
+        kwargs = model.get("kwargs") or {}
+        short = {k: v for k, v in kwargs.items() if not isinstance(v, (list, dict)) or len(str(v)) < 40}
+        objective = recipe.get("objective", {})
+        obj = objective.get("name", "?") + "".join(
+            f" {k}={objective[k]}" for k in ("beta", "steps") if k in objective)
+        derived = f", derived from {self.cell.parent_id} ({self.cell.derive})" if self.cell.derive else ""
+        spec = self.cell.eval
+        attacks = "+".join(spec.attacks) or "clean only"
+        subset = f" (AutoAttack on {100 * spec.autoattack_fraction:g} %)" if spec.autoattack_fraction else ""
+        line = (f"[{self.state:>8}] {self.cell.run_id}: {model['name']} {json.dumps(short)} {obj}, "
+                f"{recipe['train'].get('epochs')} epochs{derived}; eval {spec.preset} {attacks} "
+                f"n={spec.n_examples or 'all'}{subset}; recipe {self.cell.source}")
+        if self.state == "done":
+            return line
+        return line + "\n           " + " ".join(worker_command(self.path, data_dir))
+
+
+@dataclass
+class ReproduceResult:
+    """What `reproduce` did.
+
+    Attributes:
+        grid: grid name.
+        plan: every cell with its state before the run.
+        ran: run ids trained and/or evaluated in this call.
+        failed: run id -> error message.
+        tables: paths written (Markdown, CSV, PNG), empty for a dry run.
+        markdown: the rendered table.
+    """
+
+    grid: str
+    plan: list[CellPlan]
+    ran: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    tables: list[Path] = field(default_factory=list)
+    markdown: str = ""
+
+
+def plan_cells(cells: Sequence[Cell], out_dir: str | Path) -> list[CellPlan]:
+    """The state of every cell under `out_dir`."""
+    return [CellPlan(cell, cell_dir(out_dir, cell), cell_state(out_dir, cell)) for cell in cells]
+
+
+# ------------------------------------------------------------------------------------------- one cell
+
+def _cell_payload(cell: Cell, out_dir: Path, data_dir: str | Path) -> dict[str, Any]:
+    return {
+        "format": "dsnet-reproduce-cell/1",
+        "run_id": cell.run_id,
+        "grid": cell.grid,
+        "dataset": cell.dataset,
+        "style": cell.style,
+        "seed": cell.seed,
+        "variant": cell.variant.name,
+        "recipe": cell.recipe,
+        "eval": cell.eval.to_dict(),
+        "eval_tag": cell.eval.tag,
+        "derive": cell.derive,
+        "parent_dir": str((out_dir / "runs" / cell.parent_id).resolve()) if cell.parent_id else None,
+        "target_params": cell.target_params,
+    }
+
+
+def _write_cell(cell: Cell, out_dir: Path, data_dir: str | Path) -> Path:
+    folder = cell_dir(out_dir, cell)
+    folder.mkdir(parents=True, exist_ok=True)
+    payload = _cell_payload(cell, out_dir, data_dir)
+    previous = folder / "cell.json"
+    if previous.is_file():
+        old = json.loads(previous.read_text())
+        if not cell.derive and _strip(old.get("recipe", {})) != _strip(cell.recipe):
+            raise ConfigError(_conflict_message(cell.run_id, old.get("recipe", {}), cell.recipe, folder))
+    _atomic_write(previous, json.dumps(payload, indent=1) + "\n")
+    return folder
+
+
+def check_recipes(cells: Sequence[Cell], out_dir: str | Path) -> None:
+    """Refuses to reuse a run folder that was made with another recipe (e.g. another scale or epoch count).
+
+    Raises:
+        ConfigError: naming the first folder that differs and how.
+    """
+    for cell in cells:
+        previous = cell_dir(out_dir, cell) / "cell.json"
+        if cell.derive or not previous.is_file():
+            continue
+        old = json.loads(previous.read_text()).get("recipe", {})
+        if _strip(old) != _strip(cell.recipe):
+            raise ConfigError(_conflict_message(cell.run_id, old, cell.recipe, cell_dir(out_dir, cell)))
+
+
+def _strip(recipe: dict[str, Any]) -> dict[str, Any]:
+    out = json.loads(json.dumps(recipe))
+    for section, key in _RUNTIME_ONLY:
+        out.get(section, {}).pop(key, None)
+    return out
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(set(old) | set(new))
+        return [d for k in keys for d in _differences(old.get(k), new.get(k), f"{prefix}{k}.")]
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
+
+
+def _conflict_message(run_id: str, old: dict[str, Any], new: dict[str, Any], folder: Path) -> str:
+    diff = _differences(_strip(old), _strip(new))
+    shown = "; ".join(diff[:4]) + (f"; and {len(diff) - 4} more" if len(diff) > 4 else "")
+    return (f"{folder} already holds run {run_id} with another recipe ({shown}); use another --out-dir for a "
+            "different scale or settings (nothing was changed)")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _derive_recipe(payload: dict[str, Any]) -> dict[str, Any]:
+    """Completes the recipe of a derived cell from its parent's finished run."""
+    import copy
+
+    from dsnet.analysis.common import load_model
+    from dsnet.models.dsnet import DSNet, pruned_config
+
+    recipe = copy.deepcopy(payload["recipe"])
+    derive, parent_dir = payload.get("derive"), payload.get("parent_dir")
+    if not derive:
+        return recipe
+    parent_ckpt = Path(parent_dir) / "train" / "selected.pt"
+    if not parent_ckpt.is_file():
+        raise DsnetError(f"{payload['run_id']} is derived from {parent_dir}, which has no train/selected.pt yet; "
+                         "run its parent first")
+    model, _ = load_model(parent_ckpt)
+    if not isinstance(model, DSNet):
+        raise ConfigError(f"{payload['run_id']}: the parent {parent_ckpt} is not a DS-Net")
+    kwargs = dict(recipe["model"].get("kwargs") or {})
+    if derive.startswith("prune:"):
+        pruned = pruned_config(model, int(derive.split(":", 1)[1]))
+        kwargs.update(blocks=pruned["blocks"], attention="fixed",
+                      attention_init=[[float(v) for v in row] for row in pruned["attention_init"].tolist()])
+        if payload.get("target_params") is not None:
+            kwargs.pop("width", None)
+            kwargs["target_params"] = int(payload["target_params"])
+    elif derive == "init_from_parent":
+        kwargs["attention_init"] = [[float(v) for v in row] for row in model.attention.detach().cpu().tolist()]
+        kwargs.pop("attention_scale", None)
+    else:
+        raise ConfigError(f"{payload['run_id']}: unknown derivation {derive!r}")
+    recipe["model"]["kwargs"] = kwargs
+    return recipe
+
+
+def run_cell(path: str | Path, data_dir: str | Path, *, device: str | None = None) -> dict[str, float]:
+    """Trains (or resumes) and evaluates one prepared cell folder.
+
+    Args:
+        path: the cell folder holding `cell.json`.
+        data_dir: dataset folder.
+        device: training/evaluation device (default: the recipe's, i.e. cuda when available).
+
+    Returns:
+        The evaluation's accuracies (fractions).
+
+    Raises:
+        DsnetError: a config, data, checkpoint or training error, with a one-line message.
+    """
+    path = Path(path)
+    payload = json.loads((path / "cell.json").read_text())
+    spec = EvalSpec.from_dict(payload["eval"])
+    report = path / "eval" / payload["eval_tag"] / REPORT_NAME
+    if report.is_file():
+        return read_cell_report(report.parent)
+    recipe_file = path / "recipe.yaml"
+    if recipe_file.is_file():
+        recipe = yaml.safe_load(recipe_file.read_text())
+        if not payload.get("derive") and _strip(recipe) != _strip(payload["recipe"]):
+            raise ConfigError(_conflict_message(payload["run_id"], recipe, payload["recipe"], path))
+    else:
+        recipe = _derive_recipe(payload)
+        _atomic_write(recipe_file, yaml.safe_dump(recipe, sort_keys=False))
+    config = config_from_dict(recipe)
+    if device is not None:
+        config.train.device = device
+    if not sys.stderr.isatty():
+        config.train.progress = False
+    run_dir = path / "train"
+    epochs = config.train.epochs
+    if not _training_finished(run_dir, epochs):
+        resume = (run_dir / "last.pt").is_file()
+        logger.info("%s: %s", payload["run_id"], "resuming training" if resume else "training")
+        train(config, data_dir, run_dir, resume=resume)
+    logger.info("%s: evaluating (%s)", payload["run_id"], "+".join(spec.attacks) or "clean only")
+    return evaluate_cell(run_dir / "selected.pt", data_dir, report.parent, spec, device=device)
+
+
+# ----------------------------------------------------------------------------------------------- the grid
+
+def _run_sequential(plans: list[CellPlan], out_dir: Path, data_dir: str | Path, result: ReproduceResult) -> None:
+    for plan in plans:
+        if plan.cell.parent_id in result.failed:
+            result.failed[plan.cell.run_id] = f"its parent {plan.cell.parent_id} failed"
+            continue
+        try:
+            _write_cell(plan.cell, out_dir, data_dir)
+            run_cell(plan.path, data_dir)
+            result.ran.append(plan.cell.run_id)
+        except DsnetError as error:
+            logger.error("%s failed: %s", plan.cell.run_id, error)
+            result.failed[plan.cell.run_id] = str(error)
+
+
+def _run_parallel(plans: list[CellPlan], out_dir: Path, data_dir: str | Path, devices: Sequence[str],
+                  result: ReproduceResult, poll_s: float = 2.0) -> None:
+    queue = [p for p in plans]
+    running: dict[str, tuple[subprocess.Popen[bytes], CellPlan, Any]] = {}
+    free = list(devices)
+    while queue or running:
+        while queue and free:
+            plan = queue.pop(0)
+            if plan.cell.parent_id in result.failed:
+                result.failed[plan.cell.run_id] = f"its parent {plan.cell.parent_id} failed"
+                continue
+            try:
+                _write_cell(plan.cell, out_dir, data_dir)
+            except DsnetError as error:
+                result.failed[plan.cell.run_id] = str(error)
+                continue
+            device = free.pop(0)
+            env = {**os.environ, "CUDA_VISIBLE_DEVICES": device}
+            log = (plan.path / "worker.log").open("ab")
+            process = subprocess.Popen(worker_command(plan.path, data_dir), env=env, stdout=log,
+                                       stderr=subprocess.STDOUT)
+            logger.info("%s: started on device %s (pid %d, log %s)", plan.cell.run_id, device, process.pid,
+                        plan.path / "worker.log")
+            running[device] = (process, plan, log)
+        time.sleep(poll_s if running else 0)
+        for device, (process, plan, log) in list(running.items()):
+            code = process.poll()
+            if code is None:
+                continue
+            log.close()
+            del running[device]
+            free.append(device)
+            if code == 0:
+                result.ran.append(plan.cell.run_id)
+                logger.info("%s: finished", plan.cell.run_id)
+            else:
+                tail = (plan.path / "worker.log").read_text(errors="replace").strip().splitlines()[-1:] or [""]
+                result.failed[plan.cell.run_id] = f"worker exited with status {code}: {tail[0]}"
+                logger.error("%s failed (status %d); see %s", plan.cell.run_id, code, plan.path / "worker.log")
+
+
+def reproduce(
+    grid: str,
+    *,
+    out_dir: str | Path,
+    data_dir: str | Path,
+    scale: Scale | str = "paper",
+    seeds: Sequence[int] | None = None,
+    datasets: Sequence[str] | None = None,
+    models: Sequence[str] | None = None,
+    attacks: Sequence[str] | None = None,
+    preset: str = "paper",
+    overrides: Sequence[str] = (),
+    configs_dir: str | Path | None = None,
+    epochs: int | None = None,
+    width: int | None = None,
+    n_examples: int | None = None,
+    train_subset: int | None = None,
+    devices: Sequence[str] | None = None,
+    dry_run: bool = False,
+    aggregate_only: bool = False,
+) -> ReproduceResult:
+    """Runs one paper grid (training, evaluation, aggregation) and writes its table.
+
+    Args:
+        grid: a name from `dsnet.experiments.GRIDS` (table1, table2, table3, trades, table4, fig4, fig5, fig6).
+        out_dir: root folder; runs go to `runs/`, tables to `tables/`.
+        data_dir: dataset folder.
+        scale: "paper", "mini", or a `Scale`.
+        seeds: training seeds (default: the grid's).
+        datasets: only these datasets.
+        models: only variants matching these shell patterns (parents of derived variants are kept).
+        attacks: evaluate with exactly these attacks.
+        preset: attack preset ("paper" or "standard").
+        overrides: `section.key=value` recipe overrides for every run.
+        configs_dir: recipe folder (default `configs/`).
+        epochs, width, n_examples, train_subset: replace the scale's values.
+        devices: GPU ids; one worker process per device at a time. None: in this process, one cell at a time.
+        dry_run: only plan: nothing is written or run.
+        aggregate_only: run nothing; render the table from the finished cells.
+
+    Returns:
+        A `ReproduceResult`; `failed` lists cells that did not finish (the others still count).
+    """
+    from dsnet.experiments.aggregate import write_tables
+
+    out_dir = Path(out_dir)
+    scale = with_scale(scale, epochs=epochs, width=width, n_examples=n_examples, train_subset=train_subset)
+    cells = build_grid(grid, scale=scale, seeds=seeds, datasets=datasets, models=models, attacks=attacks,
+                       preset=preset, overrides=overrides, configs_dir=configs_dir)
+    check_recipes(cells, out_dir)
+    result = ReproduceResult(grid, plan_cells(cells, out_dir))
+    if dry_run:
+        return result
+    if not aggregate_only:
+        todo = [p for p in result.plan if p.state != "done"]
+        logger.info("%s: %d cells, %d to run (%s scale)", grid, len(cells), len(todo), scale.name)
+        for stage in (False, True):  # parents first, then the cells derived from them
+            batch = [p for p in todo if (p.cell.parent_id is not None) == stage]
+            if not batch:
+                continue
+            if devices:
+                _run_parallel(batch, out_dir, data_dir, list(devices), result)
+            else:
+                _run_sequential(batch, out_dir, data_dir, result)
+    paths, markdown = write_tables(grid, cells, out_dir, scale=scale.name)
+    result.tables, result.markdown = paths, markdown
+    return result
+
+
+# ----------------------------------------------------------------------------------------------- worker
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Worker entry point: `python -m dsnet.experiments.runner CELL_DIR --data-dir DIR [--device D]`."""
+    parser = argparse.ArgumentParser(prog="python -m dsnet.experiments.runner",
+                                     description="train and evaluate one prepared reproduce cell")
+    parser.add_argument("cell_dir", help="cell folder holding cell.json")
+    parser.add_argument("--data-dir", required=True, help="dataset folder")
+    parser.add_argument("--device", default=None, help="device (default: cuda when available)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    try:
+        accuracies = run_cell(args.cell_dir, args.data_dir, device=args.device)
+    except DsnetError as error:
+        logger.error("dsnet: error: %s", error)
+        return 1
+    logger.info("done: %s", ", ".join(f"{k} {100 * v:.2f}" for k, v in accuracies.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
