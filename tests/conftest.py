@@ -1,4 +1,4 @@
-"""Shared test settings and a small, learnable CIFAR-10 folder in the real on-disk format.
+"""Shared test settings and fixtures.
 
 One intra-op thread: the test models are tiny, and on a small shared CI machine more threads than free cores
 make them crawl (a tiny RobNet step took 20 s with 2 threads under load and 0.07 s with 1).
@@ -6,68 +6,16 @@ make them crawl (a tiny RobNet step took 20 s with 2 threads under load and 0.07
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from dsnet_testing import write_cifar10_folder
 
 torch.set_num_threads(1)
-
-CIFAR10_CLASSES = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
-
-
-def _learnable_images(rng: np.random.Generator, labels: np.ndarray) -> np.ndarray:
-    """Images whose class is visible as a colour (crop- and flip-invariant), plus pixel noise."""
-    palette = np.array([[r, g, b] for r in (40, 215) for g in (40, 215) for b in (40, 215)] + [[128, 128, 128],
-                                                                                           [215, 128, 40]])
-    noise = rng.integers(-40, 41, size=(len(labels), 3, 32, 32))
-    images = palette[labels][:, :, None, None] + noise
-    return np.clip(images, 0, 255).astype(np.uint8)
-
-
-def write_cifar10_folder(root: Path, per_batch: int = 40, n_test: int = 40, seed: int = 0) -> Path:
-    """Writes `root/cifar-10-batches-py/` with 5 training batches of `per_batch` images and a test batch.
-
-    The files are python pickles with the official keys (b"data" as (N, 3072) uint8, b"labels"), so the real
-    parser reads them; the images are easy enough that a tiny model learns them in a few steps.
-    """
-    rng = np.random.default_rng(seed)
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True, exist_ok=True)
-    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    for name in names:
-        n = n_test if name == "test_batch" else per_batch
-        labels = rng.integers(0, 10, size=n)
-        images = _learnable_images(rng, labels)
-        entry = {b"batch_label": name.encode(), b"labels": labels.tolist(), b"data": images.reshape(n, -1),
-                 b"filenames": [f"{name}_{i}.png".encode() for i in range(n)]}
-        with open(folder / name, "wb") as handle:
-            pickle.dump(entry, handle, protocol=2)
-    with open(folder / "batches.meta", "wb") as handle:
-        pickle.dump({b"label_names": CIFAR10_CLASSES, b"num_cases_per_batch": per_batch, b"num_vis": 3072}, handle,
-                    protocol=2)
-    return root
 
 
 @pytest.fixture(scope="session")
 def cifar10_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A learnable CIFAR-10 folder: 200 training and 40 test images (shared, treat as read-only)."""
     return write_cifar10_folder(tmp_path_factory.mktemp("cifar10"))
-
-
-def tiny_recipe(**sections: dict) -> dict:
-    """A recipe for a tiny DS-Net that trains in seconds on `cifar10_dir`; sections override the defaults."""
-    recipe = {
-        "model": {"name": "dsnet_tiny"},
-        "data": {"dataset": "cifar10", "val_size": 40, "download": False},
-        "objective": {"name": "at", "eps": 0.031, "step_size": 0.01, "steps": 2},
-        "optim": {"lr": 0.05},
-        "schedule": {"name": "piecewise", "milestones": [2], "factors": [0.1]},
-        "train": {"epochs": 2, "batch_size": 32, "progress": False, "tensorboard": False, "val_pgd_steps": 2},
-    }
-    for key, value in sections.items():
-        replace = "name" in value and key in ("objective", "schedule")  # another entry: its own parameters
-        recipe[key] = dict(value) if replace else {**recipe.get(key, {}), **value}
-    return recipe

@@ -8,6 +8,7 @@ one line, `dsnet: error: ...`, with exit status 1 (2 for usage errors); `--debug
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -90,7 +91,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DsnetError as error:
         if args.debug:
             raise
-        print(f"dsnet: error: {error}", file=sys.stderr)
+        message = " ".join(str(error).splitlines())  # one line, even when a user's key or path holds a newline
+        print(f"dsnet: error: {message}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        if args.debug or error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # A full disk can strike any write (metrics, logs, reports); checkpoints already say this themselves.
+        print(f"dsnet: error: {error.strerror} while writing {error.filename or 'a file'}; free disk space and "
+              "rerun (a training run continues where it stopped with --resume)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("dsnet: interrupted", file=sys.stderr)

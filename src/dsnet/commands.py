@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+from dsnet.evaluation.commands import add_eval_arguments, add_export_arguments, run_eval, run_export
+from dsnet.experiments.command import REPRODUCE_HELP, add_reproduce_arguments, run_reproduce
+from dsnet.analysis.command import ANALYZE_HELP, add_analyze_arguments, run_analyze
+
 __all__ = ["COMMANDS"]
 
 Handler = Callable[[argparse.Namespace], int]
@@ -21,12 +25,20 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    import logging
+    import os
+
     from dsnet.config import load_config
     from dsnet.training.trainer import train
 
     overrides = list(args.overrides) + (["train.progress=false"] if args.no_progress else [])
     config = load_config(args.config, overrides)
+    main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 alone logs and prints
+    if not main_process:
+        logging.getLogger("dsnet").setLevel(logging.WARNING)
     result = train(config, args.data_dir, args.out_dir, resume=args.resume)
+    if not main_process:
+        return 0
     if result.stopped_early:
         print(f"stopped early: {result.stopped_early}")
     final = result.final
@@ -57,4 +69,10 @@ def _run_download(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handler]] = {
     "download": ("download and verify a dataset (MD5-checked, resumable)", _add_download, _run_download),
     "train": ("train a model with a recipe (adversarially, or not)", _add_train, _run_train),
+    "eval": ("evaluate a checkpoint: clean, FGSM, PGD-20, CW-inf-30, AutoAttack, sanity checks", add_eval_arguments,
+             run_eval),
+    "export": ("export a checkpoint as a RobustBench-style model (+ claim JSON from a report)", add_export_arguments,
+               run_export),
+    "reproduce": (REPRODUCE_HELP, add_reproduce_arguments, run_reproduce),
+    "analyze": (ANALYZE_HELP, add_analyze_arguments, run_analyze),
 }

@@ -46,6 +46,8 @@ __all__ = [
 SELECTION_POLICIES = ("first_decay_plus_one", "best_val_pgd", "last")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 _FRACTION = re.compile(r"^\s*([0-9.eE+-]+)\s*/\s*([0-9.eE+-]+)\s*$")
+# YAML 1.1 (PyYAML) reads 1e-3 and 2.0e5 as strings: a float needs a dot and a signed exponent there.
+_EXPONENT = re.compile(r"^\s*[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+\s*$")
 
 
 @dataclass
@@ -114,9 +116,12 @@ class TrainConfig:
     amp: str = "auto"
     """Mixed precision: auto (bf16 on GPU, off on CPU), bf16, fp16 (with a grad scaler), off."""
     channels_last: bool | None = None
-    """Use channels_last memory format; None = on for GPU."""
-    compile: bool = False
-    """torch.compile the model (falls back to eager if compilation fails)."""
+    """Use channels_last memory format; None (auto) = on (faster on GPU and CPU, see benchmarks/RESULTS.md)."""
+    compile: bool | str = "auto"
+    """torch.compile each block of the model: auto (GPU only; on CPU it costs minutes), true, false; falls back
+    to eager with a warning if compilation fails."""
+    sync_bn: bool = True
+    """Under DDP, BatchNorm statistics over the global batch, as one process would compute them."""
     selection: str = "first_decay_plus_one"
     """Which checkpoint becomes `selected.pt`: first_decay_plus_one, best_val_pgd or last."""
     val_pgd_steps: int = 10
@@ -137,7 +142,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "must be >= 1")
         _check(self.batch_size >= 1, "train.batch_size", "must be >= 1")
+        _check(_is_device(self.device), "train.device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         _check(self.amp in AMP_MODES, "train.amp", f"must be one of {', '.join(AMP_MODES)}")
+        _check(self.compile in ("auto", True, False), "train.compile", f"must be auto, true or false, got {self.compile!r}")
         _check(self.selection in SELECTION_POLICIES, "train.selection", f"must be one of {', '.join(SELECTION_POLICIES)}")
         _check(self.val_pgd_steps >= 1, "train.val_pgd_steps", "must be >= 1")
         _check(self.eval_every >= 1, "train.eval_every", "must be >= 1")
@@ -157,6 +164,15 @@ class RunConfig:
                                                               "factors": [0.1, 0.01]})
     """`name` of an LR schedule plus its parameters."""
     train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _is_device(name: str) -> bool:
+    import torch
+
+    try:
+        return name == "auto" or bool(torch.device(name).type)
+    except (RuntimeError, ValueError, TypeError):
+        return False
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -248,7 +264,8 @@ def _build_section(cls: type, raw: Any, section: str) -> Any:
 def _check_named_section(raw: Any, section: str) -> dict[str, Any]:
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
         raise ConfigError(f"section {section!r} needs a 'name' key (e.g. {section}: {{name: ...}})")
-    return {k: (_to_float(v, f"{section}.{k}") if isinstance(v, str) and _FRACTION.match(v) else v)
+    return {k: (_to_float(v, f"{section}.{k}") if isinstance(v, str) and (_FRACTION.match(v) or _EXPONENT.match(v))
+                else v)
             for k, v in raw.items()}
 
 
@@ -295,7 +312,7 @@ def validate(config: RunConfig) -> None:
 
     problems = []
     for check in (
-        lambda: MODELS.get(config.model.name),
+        lambda: _check_model(config),
         lambda: DATASETS.get(config.data.dataset),
         lambda: build_objective(**config.objective),
         lambda: build_schedule(base_lr=config.optim.lr, epochs=config.train.epochs, **config.schedule),
@@ -306,6 +323,27 @@ def validate(config: RunConfig) -> None:
             problems.append(str(error))
     if problems:
         raise ConfigError("; ".join(problems))
+
+
+def _check_model(config: RunConfig) -> None:
+    """The model name, and its `kwargs` by building it on the meta device (no memory, well under a second), so a
+    misspelt or mistyped constructor argument fails here and not after the dataset has loaded."""
+    import torch
+
+    from dsnet.data import DATASETS
+    from dsnet.models import MODELS, create_model
+
+    MODELS.get(config.model.name)
+    if not config.model.kwargs:
+        return  # the entrypoint's own defaults
+    num_classes = DATASETS.get(config.data.dataset).num_classes if config.data.dataset in DATASETS else 10
+    try:
+        with torch.device("meta"):
+            create_model(config.model.name, num_classes=num_classes, **config.model.kwargs)
+    except (ConfigError, ValueError, TypeError) as error:
+        raise ConfigError(f"model.kwargs of {config.model.name}: {error}") from None
+    except Exception:  # noqa: BLE001 - something the meta device cannot build: the real build reports it
+        return
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -325,6 +363,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Applies dotted `section.key=value` overrides to a raw recipe dict (a copy is returned)."""
+    if raw and not isinstance(raw, dict):
+        raise ConfigError(f"a recipe must be a mapping of sections, not a {type(raw).__name__}")
     result = yaml.safe_load(yaml.safe_dump(raw)) if raw else {}
     for text in overrides:
         path, value = parse_override(text)
@@ -344,9 +384,15 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; recipes live in configs/ (e.g. configs/quickstart.yaml)")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
         raise ConfigError(f"config file {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    except (UnicodeDecodeError, OSError) as error:
+        raise ConfigError(f"cannot read config file {path} as a YAML recipe ({type(error).__name__}); is it a "
+                          "checkpoint or another binary file? recipes live in configs/") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections (model, data, objective, optim, "
+                          f"schedule, train), not a {type(raw).__name__}; recipes live in configs/")
     return raw or {}
 
 

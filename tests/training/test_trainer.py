@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import tiny_recipe
+from dsnet_testing import tiny_recipe
 
 from dsnet.cli import main
 from dsnet.config import config_from_dict

@@ -5,7 +5,8 @@ SPEC.md §1 hold everywhere by construction:
 
 - the model runs in eval mode during the attack and every submodule gets its own mode back afterwards;
 - only the input gets a gradient (`torch.autograd.grad`), so parameter `.grad` fields, BN statistics and
-  DS-Net's attention weights are untouched;
+  DS-Net's attention weights are untouched; the parameters' `requires_grad` is switched off meanwhile
+  (`frozen_parameters`), so no backward pass, eager or compiled, computes weight gradients it would discard;
 - under DDP the attack runs inside `no_sync()`, so its forward passes do not arm a gradient all-reduce;
 - randomness comes from a `torch.Generator` passed in, never from the global RNG;
 - every iterate is projected onto the ε-ball around `x` and clipped to the [0, 1] image box.
@@ -20,7 +21,16 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
-__all__ = ["eval_mode", "no_gradient_sync", "random_start", "project", "sign_gradient_ascent", "LossFn", "StartKind"]
+__all__ = [
+    "eval_mode",
+    "no_gradient_sync",
+    "frozen_parameters",
+    "random_start",
+    "project",
+    "sign_gradient_ascent",
+    "LossFn",
+    "StartKind",
+]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """loss_fn(logits, x_adv) -> per-example losses (B,) to be maximised."""
@@ -44,6 +54,24 @@ def no_gradient_sync(model: nn.Module):  # noqa: ANN201 - a context manager
     """Under DDP, attack passes must not arm the gradient all-reduce (they differentiate the input only)."""
     no_sync = getattr(model, "no_sync", None)
     return no_sync() if callable(no_sync) else nullcontext()
+
+
+@contextmanager
+def frozen_parameters(model: nn.Module) -> Iterator[nn.Module]:
+    """Switches `requires_grad` off for the parameters that have it and back on afterwards.
+
+    An attack needs the gradient w.r.t. its input only. With the parameters frozen, autograd records no
+    weight-gradient work, and a compiled model's backward graph (which otherwise computes the gradient of every
+    input that requires one) skips the weight gradients: DS-Net-4's compiled attack step is about 1.2x faster.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -116,7 +144,7 @@ def sign_gradient_ascent(
     x_adv = random_start(x, eps, start, generator, start_std).detach()
     if steps == 0:
         return project(x_adv, x, eps)
-    with eval_mode(model), no_gradient_sync(model), torch.enable_grad():
+    with eval_mode(model), no_gradient_sync(model), frozen_parameters(model), torch.enable_grad():
         for _ in range(steps):
             x_adv.requires_grad_(True)
             loss = loss_fn(model(x_adv), x_adv).sum()

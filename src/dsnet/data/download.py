@@ -81,7 +81,12 @@ def download_file(url: str, dest: str | os.PathLike[str], md5: str | None = None
                 f"{dest}: MD5 {actual} does not match the expected {md5}; delete it and rerun to download again"
             )
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(
+            f"cannot create the data folder {dest.parent} ({_one_line(exc)}); choose a writable --data-dir"
+        ) from exc
     part = dest.with_name(dest.name + ".part")
     start = part.stat().st_size if part.exists() else 0
     headers = {"User-Agent": "dsnet"}
@@ -132,6 +137,9 @@ def download_file(url: str, dest: str | os.PathLike[str], md5: str | None = None
                 raise DataError(
                     f"download of {url} stopped ({_one_line(exc)}); rerun to resume from {part}"
                 ) from exc
+            except OSError as exc:  # a read-only folder, a full disk, an SSL error
+                raise DataError(f"download of {url} to {part} failed ({_one_line(exc)}); check the network and the "
+                                "free disk space (or choose a writable --data-dir), then rerun to resume") from exc
         if total is not None and part.stat().st_size < total:
             raise DataError(
                 f"download of {url} stopped at {part.stat().st_size} of {total} bytes; rerun to resume from {part}"

@@ -2,6 +2,11 @@
 
 Without torchrun's environment variables everything here is a no-op on a single process, so the trainer
 and the evaluator never branch on whether they run distributed.
+
+What keeps n processes equal to one process with the same global batch: every rank starts from rank 0's
+weights (DDP broadcasts them), gradients are averaged (DDP), BatchNorm normalises over the global batch
+(`convert_sync_batchnorm`; torch's `SyncBatchNorm` on GPU, `CPUSyncBatchNorm` over gloo on CPU), and
+`replica_divergence` checks at every epoch end that weights, attention and BN buffers agree on all ranks.
 """
 
 from __future__ import annotations
@@ -11,8 +16,19 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+import torch.nn as nn
 
-__all__ = ["DistributedContext", "setup_distributed", "teardown_distributed", "all_reduce_sum", "resolve_device"]
+__all__ = [
+    "DistributedContext",
+    "setup_distributed",
+    "teardown_distributed",
+    "all_reduce_sum",
+    "resolve_device",
+    "CPUSyncBatchNorm",
+    "convert_sync_batchnorm",
+    "broadcast_buffers",
+    "replica_divergence",
+]
 
 
 @dataclass(frozen=True)
@@ -23,6 +39,8 @@ class DistributedContext:
     world_size: int
     local_rank: int
     device: torch.device
+    owns_process_group: bool = False
+    """This call joined the process group, so the run that made it leaves it (`teardown_distributed`)."""
 
     @property
     def is_main(self) -> bool:
@@ -38,9 +56,13 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """'auto' -> the local CUDA device when there is one, else the CPU; 'cuda' -> the local rank's GPU."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        return torch.device("cuda", local_rank)
-    return torch.device(name)
+    device = torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
+    if device.type == "cuda" and not (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()):
+        from dsnet.errors import ConfigError
+
+        raise ConfigError(f"train.device {name} asks for {device}, but this machine has "
+                          f"{torch.cuda.device_count()} visible GPU(s); use train.device=auto or cpu")
+    return device
 
 
 def setup_distributed(device: str = "auto") -> DistributedContext:
@@ -51,9 +73,11 @@ def setup_distributed(device: str = "auto") -> DistributedContext:
     resolved = resolve_device(device, local_rank)
     if resolved.type == "cuda":
         torch.cuda.set_device(resolved)
+    joined = False
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if resolved.type == "cuda" else "gloo")
-    return DistributedContext(rank, world_size, local_rank, resolved)
+        joined = True
+    return DistributedContext(rank, world_size, local_rank, resolved, joined)
 
 
 def teardown_distributed() -> None:
@@ -67,3 +91,100 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def _group_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose training-mode statistics cover the batches of all ranks, for gloo (CPU) process groups.
+
+    torch's `SyncBatchNorm` runs on GPUs only. This one computes the global mean and then the global variance
+    with two differentiable all-reduces (`torch.distributed.nn.functional.all_reduce`, whose backward sums the
+    gradients over ranks), so a 2-process step equals a 1-process step on the concatenated batch up to float
+    rounding. Eval mode, and training on a single process, are plain `F.batch_norm`. Same parameters, buffers
+    and state-dict keys as `nn.BatchNorm2d`.
+    """
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if not (self.training and _group_size() > 1):
+            return super().forward(input)
+        from torch.distributed.nn.functional import all_reduce
+
+        self._check_input_dim(input)
+        dims = [0, *range(2, input.dim())]
+        shape = [1, -1] + [1] * (input.dim() - 2)
+        x = input.float()
+        local_count = torch.full((1,), float(x.numel() // x.shape[1]), device=x.device)
+        totals = all_reduce(torch.cat([x.sum(dims), local_count]))
+        count = totals[-1].detach()
+        mean = totals[:-1] / count
+        centred = x - mean.view(shape)
+        var = all_reduce(centred.square().sum(dims)) / count
+        out = centred * torch.rsqrt(var + self.eps).view(shape)
+        if self.affine:
+            out = out * self.weight.view(shape) + self.bias.view(shape)
+        if self.track_running_stats and self.running_mean is not None:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                momentum = (1.0 / float(self.num_batches_tracked)) if self.momentum is None else self.momentum
+                n = float(count)
+                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), momentum)
+                unbiased = var.detach() * (n / max(n - 1.0, 1.0))
+                self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
+        return out.to(input.dtype)
+
+
+def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
+    """Replaces every BatchNorm layer by one that normalises over the global batch (GPU: torch's SyncBatchNorm,
+    CPU: `CPUSyncBatchNorm`). Parameters and buffers are shared with the old layers, so optimisers and state-dict
+    keys are unaffected. Call it before building optimisers; it returns the model (a new one only if the model
+    itself is a BatchNorm layer)."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return _convert_cpu(model)
+
+
+def _convert_cpu(module: nn.Module) -> nn.Module:
+    out = module
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, CPUSyncBatchNorm):
+        out = CPUSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                               module.track_running_stats, device=torch.device("meta"))
+        if module.affine:
+            out.weight, out.bias = module.weight, module.bias
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            setattr(out, name, getattr(module, name))
+        out.train(module.training)
+    for name, child in module.named_children():
+        out.add_module(name, _convert_cpu(child))
+    return out
+
+
+def broadcast_buffers(model: nn.Module) -> None:
+    """Copies rank 0's buffers (BN running statistics) to every rank (no-op on one process).
+
+    DDP broadcasts buffers before a forward pass; doing it at the end of an epoch as well means that validation
+    and the checkpoint see the same statistics on every rank even without synchronised BatchNorm.
+    """
+    if _group_size() > 1:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
+def replica_divergence(model: nn.Module) -> float:
+    """The largest relative difference between ranks of a per-tensor fingerprint (sum and sum of squares, in
+    float64) of every parameter and floating-point buffer: 0.0 when all replicas agree, and on one process."""
+    if _group_size() <= 1:
+        return 0.0
+    tensors = [t for t in [*model.parameters(), *model.buffers()] if t.is_floating_point()]
+    fingerprint = torch.stack([torch.stack([t.detach().double().sum(), t.detach().double().square().sum()])
+                               for t in tensors]).flatten()
+    gathered = [torch.empty_like(fingerprint) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, fingerprint)
+    scale = gathered[0].abs().clamp_min(1.0)
+    return max(float(((g - gathered[0]).abs() / scale).max()) for g in gathered)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +45,23 @@ class MetricsWriter:
                 logger.warning("tensorboard is not installed; writing metrics.jsonl only")
 
     def truncate_after(self, epoch: int) -> None:
-        """Drops rows of epochs after `epoch` (a resumed run rewrites them)."""
+        """Drops rows of epochs after `epoch` (a resumed run rewrites them) and a row cut short by a kill.
+
+        The file is rewritten atomically (temporary file, rename), so a kill during the rewrite loses no row.
+        """
         if not self.path.exists():
             return
-        rows = [line for line in self.path.read_text().splitlines() if line.strip()]
-        kept = [line for line in rows if json.loads(line).get("epoch", 0) <= epoch]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # the torn last line of a killed run, or a blank line
+            if isinstance(row, dict) and row.get("epoch", 0) <= epoch:
+                kept.append(line)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, self.path)
 
     def write(self, row: dict[str, Any]) -> None:
         with self.path.open("a") as handle:

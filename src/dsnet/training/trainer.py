@@ -37,17 +37,27 @@ from dsnet.training.checkpoint import (
     capture_rng_state,
     load_checkpoint,
     load_model_state,
+    remove_temp_files,
     restore_rng_state,
     save_checkpoint,
 )
 from dsnet.training.collapse_guard import CollapseGuard
-from dsnet.training.distributed import DistributedContext, all_reduce_sum, setup_distributed
+from dsnet.training.distributed import (
+    DistributedContext,
+    all_reduce_sum,
+    broadcast_buffers,
+    convert_sync_batchnorm,
+    replica_divergence,
+    setup_distributed,
+    teardown_distributed,
+)
+from dsnet.training.fast_path import EagerFallback, compile_regions, resolve_channels_last, resolve_compile
 from dsnet.training.metrics import MetricsWriter, format_epoch_line
 from dsnet.training.objectives import build_objective
-from dsnet.training.precision import resolve_precision
+from dsnet.training.precision import Precision, resolve_precision
 from dsnet.training.schedules import build_schedule
 
-__all__ = ["train", "TrainResult", "evaluate_robustness", "build_training_data", "selected_epoch_for"]
+__all__ = ["train", "TrainResult", "evaluate_robustness", "build_training_data", "selected_epoch_for", "training_step"]
 
 logger = logging.getLogger(__name__)
 
@@ -107,16 +117,18 @@ def evaluate_robustness(
     """Clean and PGD accuracy (fractions) of `model` on `split`, sharded across ranks and summed.
 
     PGD uses a uniform random start, CE loss and the given ε, step and steps; the model is in eval mode and
-    its mode is restored afterwards.
+    its mode is restored afterwards. Batch k (of `batch_size` images) goes to rank k mod world_size, and its
+    random start is seeded by (seed, k), so the result does not depend on the number of ranks.
     """
     rank, world = (ctx.rank, ctx.world_size) if ctx else (0, 1)
     device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed + 7919 * rank)
+    generator = torch.Generator(device=device)
     totals = torch.zeros(3, device=device, dtype=torch.float64)
     was_training = model.training
     model.eval()
     try:
         for start in range(rank * batch_size, len(split), batch_size * world):
+            generator.manual_seed(seed * 1_000_003 + start // batch_size)
             x = to_float(split.images[start:start + batch_size].to(device))
             y = split.labels[start:start + batch_size].to(device)
             totals[0] += _count_correct(model, x, y)
@@ -131,6 +143,46 @@ def evaluate_robustness(
     return float(totals[0]) / n, float(totals[1]) / n
 
 
+def training_step(
+    model: nn.Module,
+    objective: Any,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    optimizers: list[torch.optim.Optimizer],
+    scaler: torch.amp.GradScaler,
+    precision: Precision,
+    epoch: float,
+    generator: torch.Generator,
+) -> Any:
+    """One optimisation step: the objective's loss (attack included) under autocast, backward, every optimiser.
+
+    The trainer's inner loop and `benchmarks/throughput.py` both call this, so the benchmark times the real step.
+
+    Args:
+        model: the model to call (compiled and/or DDP-wrapped), in train mode.
+        objective: a training objective (`dsnet.training.objectives`).
+        x: (B, C, H, W) images in [0, 1]; y: (B,) labels.
+        optimizers: stepped in order on the same backward pass (SGD for the network, Adam for attention).
+        scaler: the GradScaler (active for fp16 only).
+        precision: the autocast setting.
+        epoch: 1-based fractional epoch passed to the objective.
+        generator: randomness of the attack.
+
+    Returns:
+        The objective's `ObjectiveOutput`.
+    """
+    with precision.autocast():
+        out = objective(model, x, y, epoch=epoch, generator=generator)
+    for optimizer in optimizers:
+        optimizer.zero_grad(set_to_none=True)
+    scaler.scale(out.loss).backward()
+    for optimizer in optimizers:
+        scaler.step(optimizer)
+    scaler.update()
+    return out
+
+
 class _Run:
     """State of one training run; `train()` drives it. Kept as a class so every piece has a name."""
 
@@ -140,7 +192,7 @@ class _Run:
         self.ctx = setup_distributed(config.train.device)
         self.precision = resolve_precision(config.train.amp, self.ctx.device)
         self.selected_epoch_target = selected_epoch_for(config)
-        self._prepare_out_dir(resume)
+        resume = self._prepare_out_dir(resume)
         torch.manual_seed(config.train.seed)
 
         train_cfg, data_cfg = config.train, config.data
@@ -159,7 +211,9 @@ class _Run:
                                    rank=self.ctx.rank, world_size=self.ctx.world_size)
 
         self.model = create_model(config.model.name, num_classes=num_classes, **config.model.kwargs)
-        self.channels_last = train_cfg.channels_last if train_cfg.channels_last is not None else device.type == "cuda"
+        if self.ctx.distributed and train_cfg.sync_bn:
+            self.model = convert_sync_batchnorm(self.model, device)
+        self.channels_last = resolve_channels_last(train_cfg.channels_last, device)
         memory_format = torch.channels_last if self.channels_last else torch.preserve_format
         self.model.to(device=device, memory_format=memory_format)
         network, attention = split_parameters(self.model)
@@ -183,16 +237,28 @@ class _Run:
         self.selected_epoch: int | None = None
         if resume:
             self._resume()
+            self._write_config()  # only now: a refused resume leaves the run's config.yaml as it was
+        self._decorrelate_ranks()
         self.train_model = self._wrap_model()
         self.metrics = MetricsWriter(self.out_dir, train_cfg.tensorboard) if self.ctx.is_main else None
-        if self.metrics is not None and resume:
+        if self.metrics is not None:  # rows of epochs after the checkpoint are redone (a killed run leaves some)
             self.metrics.truncate_after(self.epoch - 1)
 
     # ----------------------------------------------------------------------------------------------- setup
-    def _prepare_out_dir(self, resume: bool) -> None:
+    def _prepare_out_dir(self, resume: bool) -> bool:
+        """Checks and creates the run folder; returns whether there is a checkpoint to resume from.
+
+        `--resume` in a folder where a run was started (its config.yaml exists) but killed before its first
+        checkpoint starts that run from the beginning, so a requeue script can always pass `--resume`; in a
+        folder without a run it is an error (most likely a mistyped --out-dir).
+        """
         last = self.out_dir / "last.pt"
+        started_without_checkpoint = False
         if resume and not last.exists():
-            raise CheckpointError(f"--resume found no {last}; start the run without --resume")
+            if not (self.out_dir / "config.yaml").is_file():
+                raise CheckpointError(f"--resume found no {last} and no run was started in {self.out_dir}; check "
+                                      "--out-dir, or start the run without --resume")
+            started_without_checkpoint, resume = True, False
         if not resume and last.exists():
             raise ConfigError(f"{self.out_dir} already holds a run (last.pt); continue it with --resume or "
                               "choose another --out-dir (nothing was overwritten)")
@@ -206,6 +272,17 @@ class _Run:
                 raise ConfigError(f"cannot write to --out-dir {self.out_dir}: {error.strerror or error}; "
                                   "choose a writable folder") from None
             self._attach_log_file()
+            for tmp in remove_temp_files(self.out_dir):
+                logger.info("removed %s, the unfinished write of a killed run", tmp.name)
+            if started_without_checkpoint:
+                logger.warning("--resume: %s holds no checkpoint yet (the run stopped before its first epoch ended); "
+                               "starting it from the beginning", self.out_dir)
+            if not resume:
+                self._write_config()
+        return resume
+
+    def _write_config(self) -> None:
+        if self.ctx.is_main:
             (self.out_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(self.config), sort_keys=False))
 
     def _attach_log_file(self) -> None:
@@ -228,10 +305,29 @@ class _Run:
         x = to_float(self.train_split.images.index_select(0, index))
         return CollapseGuard(x, self.train_split.labels.index_select(0, index), eps=eps)
 
+    def _decorrelate_ranks(self) -> None:
+        """Rank r > 0 reseeds the global RNG (drop-connect masks), else every rank would drop the same examples
+        of its shard; rank 0 keeps the single-process stream. Derived from (seed, rank, epoch, step), so a
+        resumed run reseeds the same way."""
+        if self.ctx.rank > 0:
+            torch.manual_seed(self.config.train.seed * 1_000_003 + 7919 * self.ctx.rank
+                              + 104_729 * self.epoch + self.loader.step)
+
     def _wrap_model(self) -> nn.Module:
+        """The model the loop calls: blocks compiled in place (with an eager fallback) and DDP around it.
+
+        `self.model` stays the unwrapped handle whose `state_dict()` is saved (no `module.`/`_orig_mod.` keys);
+        `self.fast_model` is the compiled one without DDP, for validation.
+        """
         model: nn.Module = self.model
-        if self.config.train.compile:
-            model = torch.compile(model)
+        if resolve_compile(self.config.train.compile, self.ctx.device):
+            try:
+                regions = compile_regions(model)
+                logger.debug("compiled %d blocks: %s", len(regions), ", ".join(regions))
+            except Exception as error:  # noqa: BLE001 - e.g. torch.compile unsupported on this Python
+                logger.warning("torch.compile is unavailable (%s); training in eager mode", error)
+            model = EagerFallback(model)
+        self.fast_model = model
         if self.ctx.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -304,14 +400,24 @@ class _Run:
         return tqdm(total=total, initial=initial, desc=f"epoch {self.epoch}", file=sys.stderr, leave=False,
                     mininterval=0.3, dynamic_ncols=True)
 
-    def _check_finite(self, value: float, where: str) -> None:
+    def _check_finite(self, value: float, where: str, what: str = "the training loss") -> None:
         if not math.isfinite(value):
             last = self.out_dir / "last.pt"
             kept = f"the last good checkpoint {last} is kept" if last.exists() else "no checkpoint was written yet"
             raise TrainingDivergedError(
-                f"the training loss became {value} at {where}; {kept}; lower optim.lr or use train.amp=off, then "
+                f"{what} became {value} at {where}; {kept}; lower optim.lr or use train.amp=off, then "
                 "resume with --resume"
             )
+
+    def _check_weights_finite(self) -> None:
+        """The last step of an epoch can blow the weights up while the losses seen so far were finite: such
+        weights must not overwrite the last good checkpoint (one reduction per epoch)."""
+        tensors = [t for t in self.model.state_dict().values() if t.is_floating_point()]
+        finite = bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()) if tensors else True
+        self._check_finite(1.0 if finite else math.nan, f"the end of epoch {self.epoch}", what="the model weights")
+
+    def _optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.optimizer] + ([self.attention_optimizer] if self.attention_optimizer is not None else [])
 
     def _set_lr(self, epoch_fraction: float) -> float:
         lr = self.schedule(epoch_fraction)
@@ -339,17 +445,9 @@ class _Run:
             lr = self._set_lr(self.epoch + step / steps_per_epoch)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with self.precision.autocast():
-                out = self.objective(self.train_model, x, y, epoch=self.epoch + step / steps_per_epoch,
-                                     generator=self.generator)
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.attention_optimizer is not None:
-                self.attention_optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(out.loss).backward()
-            self.scaler.step(self.optimizer)
-            if self.attention_optimizer is not None:
-                self.scaler.step(self.attention_optimizer)
-            self.scaler.update()
+            out = training_step(self.train_model, self.objective, x, y, optimizers=self._optimizers(),
+                                scaler=self.scaler, precision=self.precision,
+                                epoch=self.epoch + step / steps_per_epoch, generator=self.generator)
             batch = out.targets.numel()
             totals[0] += out.loss.detach().double() * batch
             totals[1] += (out.logits.detach().argmax(1) == out.targets).sum()
@@ -388,7 +486,8 @@ class _Run:
         if self.val_split is None or not due:
             row["val_clean_acc"] = row["val_pgd_acc"] = None
             return
-        clean, robust = evaluate_robustness(self.model, self.val_split, batch_size=max(self.loader.batch_size, 64),
+        clean, robust = evaluate_robustness(self.fast_model, self.val_split,
+                                            batch_size=max(self.config.train.batch_size, 64),
                                             ctx=self.ctx, seed=self.config.train.seed, **self.val_attack)
         row["val_clean_acc"], row["val_pgd_acc"] = clean, robust
 
@@ -416,12 +515,14 @@ class _Run:
         stopped: str | None = None
         while self.epoch <= cfg.epochs:
             row = self._train_epoch()
+            self._check_weights_finite()
+            self._check_replicas(row)
             self._validate(row)
             if isinstance(self.model, DSNet):
                 row["attention_weights"] = self.model.attention_weights().detach().cpu().tolist()
             collapsed = False
             if self.guard is not None:
-                check = self.guard.check(self.model)
+                check = self.guard.check(self.fast_model)
                 row["probe_pgd_acc"] = check.robust_acc
                 collapsed = check.collapsed
             if collapsed:
@@ -438,11 +539,12 @@ class _Run:
                 self.metrics.write(row)
             finished_epoch = self.epoch
             self.epoch += 1
-            self._save("last.pt")
+            # last.pt goes last: a run killed between these writes redoes the epoch and rewrites the others.
             if chosen:
                 self._save("selected.pt")
             if cfg.keep_epoch_checkpoints:
                 self._save(f"epoch-{finished_epoch:04d}.pt")
+            self._save("last.pt")
         if self.selected_epoch is None and self.ctx.is_main and self.history:
             logger.warning("the selection policy %s chose no epoch (e.g. the first decay lies beyond the last "
                            "epoch); selected.pt is the last epoch", cfg.selection)
@@ -452,11 +554,24 @@ class _Run:
             self.metrics.close()
         return TrainResult(self.out_dir, len(self.history), self.history, self.selected_epoch, stopped)
 
+    def _check_replicas(self, row: dict[str, Any]) -> None:
+        """Under DDP: gives every rank rank 0's BN buffers, then checks that all replicas agree (a desync would
+        silently train n different models) and records the largest relative difference as `replica_divergence`."""
+        if not self.ctx.distributed:
+            return
+        broadcast_buffers(self.model)
+        row["replica_divergence"] = replica_divergence(self.model)
+        if row["replica_divergence"] > 1e-5 and self.ctx.is_main:
+            logger.warning("the %d processes hold different weights after epoch %d (relative difference %.2e)",
+                           self.ctx.world_size, self.epoch, row["replica_divergence"])
+
     def close(self) -> None:
         handler = getattr(self, "_log_handler", None)
         if handler is not None:
             logging.getLogger("dsnet").removeHandler(handler)
             handler.close()
+        if self.ctx.owns_process_group:
+            teardown_distributed()
 
 
 def train(config: RunConfig, data_dir: str | Path, out_dir: str | Path, *, resume: bool = False) -> TrainResult:

@@ -1,0 +1,317 @@
+"""Bad input through the command line: one line saying what is wrong and what to do, a non-zero exit status, and
+no earlier result lost.
+
+Promise (README "Guarantees"): a typo must not cost a GPU-day. Most cases run `dsnet train` (in this process,
+through `dsnet.cli.main`) against a copy of a finished run with `--resume`, so that the test also shows that the
+run folder is left as it was (`train.log` and `metrics.jsonl` may only grow). Configuration mistakes fail before
+the dataset is read. No test reaches the network.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from faultkit import (
+    assert_nothing_lost,
+    assert_one_line_error,
+    folder_snapshot,
+    fresh_cli_logging,  # noqa: F401 - fixture
+    load_weights_only,
+    run_cli,
+    small_cifar10,
+    tiny_recipe,
+    write_recipe,
+)
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+import dsnet.data.download
+from dsnet.config import config_from_dict
+from dsnet.training.trainer import train
+
+pytestmark = pytest.mark.usefixtures("fresh_cli_logging")
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reaches the network; the MD5 test installs its own fake server."""
+    def refuse(request, timeout: float | None = None):  # noqa: ANN001, ANN202
+        raise AssertionError(f"the test tried to reach {request.full_url}")
+
+    monkeypatch.setattr(dsnet.data.download, "urlopen", refuse)
+
+
+def recipe(**sections: dict) -> dict:
+    base = tiny_recipe(data={"val_size": 16}, objective={"name": "standard"},
+                       train={"epochs": 1, "batch_size": 16, "val_pgd_steps": 1})
+    for key, value in sections.items():
+        base[key] = {**base[key], **value}
+    return base
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("inputs")
+    data = small_cifar10(root / "data")
+    train(config_from_dict(recipe()), data, root / "run")
+    return {"data": data, "run": root / "run"}
+
+
+@pytest.fixture
+def case(trained: dict, tmp_path: Path) -> dict:
+    """A private copy of the data and of the finished run, and the `dsnet train --resume` command for them."""
+    data, run = tmp_path / "data", tmp_path / "run"
+    shutil.copytree(trained["data"], data)
+    shutil.copytree(trained["run"], run)
+    config = write_recipe(tmp_path / "recipe.yaml", recipe(train={"epochs": 2}))
+    argv = ["train", "--config", config, "--data-dir", data, "--out-dir", run, "--resume"]
+    return {"data": data, "run": run, "argv": argv, "config": config, "tmp": tmp_path}
+
+
+# A resume that got as far as training records its own config in config.yaml (the checkpoints keep theirs).
+STARTED = ("config.yaml",)
+
+
+def _fails_cleanly(case: dict, capsys, extra: list[str], *fragments: str, may_change: tuple[str, ...] = ()) -> str:
+    before = folder_snapshot(case["run"])
+    code, _, err = run_cli([*case["argv"], *extra], capsys)
+    message = assert_one_line_error(code, err, *fragments)
+    assert_nothing_lost(before, case["run"], may_change)
+    return message
+
+
+# ---------------------------------------------------------------------------------------------- dataset files
+
+
+def _batch(case: dict, name: str) -> Path:
+    return case["data"] / "cifar-10-batches-py" / name
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty", "not_a_batch"])
+def test_corrupt_or_truncated_dataset_file(case: dict, capsys, damage: str) -> None:
+    path = _batch(case, "data_batch_3")
+    content = path.read_bytes()
+    path.write_bytes({
+        "garbage": os.urandom(len(content)),
+        "truncated": content[: len(content) // 2],
+        "empty": b"",
+        "not_a_batch": b"\x80\x02}q\x00.",  # a valid pickle of an empty dict
+    }[damage])
+    _fails_cleanly(case, capsys, [], "data_batch_3", "corrupt", "delete", "download")
+
+
+def test_missing_dataset_file(case: dict, capsys) -> None:
+    _batch(case, "data_batch_1").unlink()
+    _fails_cleanly(case, capsys, [], "missing", "data_batch_1", "dsnet download cifar10")
+
+
+class _WrongArchive:
+    """Stands in for urlopen: every URL answers with bytes that are not the official archive."""
+
+    def __init__(self) -> None:
+        self.urls: list[str] = []
+
+    def __call__(self, request, timeout: float | None = None):  # noqa: ANN204
+        self.urls.append(request.full_url)
+        return _Response(b"this is not the CIFAR-10 archive" * 100)
+
+
+class _Response(io.BytesIO):
+    status = 200
+
+    def __init__(self, payload: bytes) -> None:
+        super().__init__(payload)
+        self.headers = {"Content-Length": str(len(payload))}
+
+
+@pytest.mark.parametrize("command", ["train", "download"])
+def test_wrong_md5_of_a_download(case: dict, capsys, monkeypatch: pytest.MonkeyPatch, command: str) -> None:
+    server = _WrongArchive()
+    monkeypatch.setattr(dsnet.data.download, "urlopen", server)
+    empty = case["tmp"] / "fresh-data"
+    if command == "train":
+        extra = ["--set", "data.download=true", "--data-dir", empty]
+        message = _fails_cleanly(case, capsys, extra, "MD5", "expected", "rerun")
+    else:
+        code, _, err = run_cli(["download", "cifar10", "--data-dir", empty, "--no-progress"], capsys)
+        message = assert_one_line_error(code, err, "MD5", "expected", "rerun")
+    assert server.urls and "c58f30108f718f92721af3b95e74349a" in message
+    assert not any(p.is_file() for p in empty.rglob("*")), "a download that failed its MD5 must not be kept"
+
+
+# ------------------------------------------------------------------------------------------------------ names
+
+
+@pytest.mark.parametrize(("override", "fragments"), [
+    ("model.name=dsnet_tiyn", ("unknown model 'dsnet_tiyn'", "dsnet_tiny")),
+    ("model.kwargs.blocks=[residual,mbconvv]", ("unknown atomic block 'mbconvv'", "mbconv")),
+    ("model.kwargs.widht=8", ("model.kwargs of dsnet_tiny", "widht")),
+    ("objective.name=tradez", ("unknown objective 'tradez'", "trades")),
+    ("objective.betaa=6", ("no parameter 'betaa'", "beta")),
+    ("data.dataset=cifar11", ("unknown dataset 'cifar11'", "cifar10")),
+    ("schedule.name=cosin", ("unknown schedule 'cosin'", "cosine")),
+    ("train.epoch=3", ("unknown key train.epoch", "train.epochs")),
+    ("train.selection=best", ("train.selection", "best_val_pgd")),
+])
+def test_unknown_names_suggest_the_right_one(case: dict, capsys, override: str, fragments: tuple[str, ...]) -> None:
+    _fails_cleanly(case, capsys, ["--set", override], *fragments)
+
+
+@pytest.mark.parametrize(("extra", "fragments"), [
+    (["--attacks", "pgdd"], ("unknown attack 'pgdd'", "did you mean 'pgd'")),
+    (["--preset", "papper"], ()),  # argparse's own choices: exit 2, checked below
+    (["--trained-with", "tradez"], ("tradez", "--trained-with")),
+    (["--dataset", "cifar11"], ("unknown dataset 'cifar11'", "cifar10")),
+])
+def test_eval_unknown_names(case: dict, capsys, extra: list[str], fragments: tuple[str, ...]) -> None:
+    argv = ["eval", "--checkpoint", case["run"] / "last.pt", "--data-dir", case["data"], "--out-dir",
+            case["tmp"] / "eval", "--n-examples", "4", "--no-sanity", "--no-progress", *extra]
+    before = folder_snapshot(case["run"])
+    if not fragments:
+        with pytest.raises(SystemExit) as usage:
+            run_cli(argv, capsys)
+        assert usage.value.code == 2 and "invalid choice: 'papper'" in capsys.readouterr().err
+    else:
+        code, _, err = run_cli(argv, capsys)
+        assert_one_line_error(code, err, *fragments)
+    assert_nothing_lost(before, case["run"])
+
+
+# -------------------------------------------------------------------------------------------- hyper-parameters
+
+
+@pytest.mark.parametrize(("overrides", "fragments"), [
+    (["objective.name=at", "objective.eps=-0.031"], ("eps", ">= 0")),
+    (["objective.name=at", "objective.eps=.nan"], ("eps", "finite")),
+    (["objective.name=at", "objective.steps=0"], ("steps", ">= 1")),
+    (["objective.name=trades", "objective.steps=0"], ("steps", ">= 1")),
+    (["train.batch_size=4096"], ("batch_size 4096 is larger than the 64 training images", "lower it")),
+    (["train.batch_size=0"], ("train.batch_size", ">= 1")),
+    (["optim.lr=-0.1"], ("optim.lr", "> 0")),
+    (["train.epochs=0"], ("train.epochs", ">= 1")),
+    (["data.val_size=1000"], ("val_size",)),
+    (["model.kwargs.width=-4"], ("width", ">= 1")),
+    (["train.device=tpu"], ("train.device", "cpu")),
+    (["train.device=cuda:7"], ("train.device", "GPU")),
+])
+def test_out_of_range_hyper_parameters(case: dict, capsys, overrides: list[str], fragments: tuple[str, ...]) -> None:
+    extra = [arg for override in overrides for arg in ("--set", override)]
+    _fails_cleanly(case, capsys, extra, *fragments)
+
+
+def test_bad_recipe_files(case: dict, capsys) -> None:
+    _fails_cleanly(case, capsys, ["--config", case["tmp"] / "nope.yaml"], "nope.yaml does not exist", "configs/")
+    broken = case["tmp"] / "broken.yaml"
+    broken.write_text("model: {name: dsnet_tiny\ntrain: [")
+    _fails_cleanly(case, capsys, ["--config", broken], "broken.yaml is not valid YAML")
+    _fails_cleanly(case, capsys, ["--set", "train.epochs"], "section.key=value")
+    _fails_cleanly(case, capsys, ["--config", case["run"] / "last.pt"], "last.pt as a YAML recipe", "checkpoint")
+    scalar = case["tmp"] / "scalar.yaml"
+    scalar.write_text("dsnet_tiny\n")
+    _fails_cleanly(case, capsys, ["--config", scalar], "must hold a mapping of sections")
+
+
+# ------------------------------------------------------------------------------------------------- the disk
+
+
+def test_output_folder_under_a_file(case: dict, capsys) -> None:
+    blocker = case["tmp"] / "a-file"
+    blocker.write_text("not a folder")
+    code, _, err = run_cli([*case["argv"][:-3], "--out-dir", blocker / "run"], capsys)
+    assert_one_line_error(code, err, "cannot write to --out-dir", "writable")
+    assert blocker.read_text() == "not a folder"
+
+
+def test_data_folder_under_a_file(case: dict, capsys) -> None:
+    blocker = case["tmp"] / "a-file"
+    blocker.write_text("not a folder")
+    code, _, err = run_cli(["download", "cifar10", "--data-dir", blocker, "--no-progress"], capsys)
+    assert_one_line_error(code, err, "cannot create the data folder", "writable --data-dir")
+    _fails_cleanly(case, capsys, ["--data-dir", blocker / "sub", "--set", "data.download=true"],
+                   "cannot create the data folder")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders; the file case covers it")
+def test_read_only_output_folder(case: dict, capsys) -> None:
+    folder = case["tmp"] / "read-only"
+    folder.mkdir(mode=0o500)
+    try:
+        code, _, err = run_cli([*case["argv"][:-3], "--out-dir", folder / "run"], capsys)
+        assert_one_line_error(code, err, "cannot write to --out-dir", "writable")
+    finally:
+        folder.chmod(0o700)
+
+
+def test_full_disk_while_writing_a_checkpoint(case: dict, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk fills up halfway through the checkpoint: the previous one is intact, the half-written one is
+    gone, and `--resume` after freeing space finishes the run."""
+    real_save = torch.save
+
+    def save_until_full(obj, f, *args, **kwargs):  # noqa: ANN001, ANN202
+        if not hasattr(f, "write"):
+            return real_save(obj, f, *args, **kwargs)
+        buffer = io.BytesIO()
+        real_save(obj, buffer, *args, **kwargs)
+        f.write(buffer.getvalue()[:1000])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, "save", save_until_full)
+    _fails_cleanly(case, capsys, [], "no space left on device", "previous checkpoint is unchanged",
+                   "free disk space", "--resume", may_change=STARTED)
+    assert not [p.name for p in case["run"].iterdir() if p.name.endswith(".tmp")]
+    monkeypatch.setattr(torch, "save", real_save)
+    code, _, err = run_cli(case["argv"], capsys)
+    assert code == 0, err
+    assert load_weights_only(case["run"] / "last.pt")["epoch"] == 3
+
+
+def test_full_disk_while_writing_metrics(case: dict, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dsnet.training.metrics import MetricsWriter
+
+    def write(self: MetricsWriter, row: dict) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
+
+    monkeypatch.setattr(MetricsWriter, "write", write)
+    _fails_cleanly(case, capsys, [], "no space left on device", "metrics.jsonl", "free disk space", "--resume",
+                   may_change=STARTED)
+
+
+# ------------------------------------------------------------------------------------------------- NaN loss
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(case: dict, capsys) -> None:
+    _fails_cleanly(case, capsys, ["--set", "optim.lr=1e30", "--set", "train.log_every=1"],
+                   "became nan", "last good checkpoint", "lower optim.lr", "--resume", may_change=STARTED)
+
+
+def test_weights_that_blow_up_at_the_last_step_are_not_saved(case: dict, capsys) -> None:
+    """A finite loss at every step, then an overflow in the epoch's last update (injected after every SGD
+    step): the weights must not replace the last good checkpoint."""
+    good = load_weights_only(case["run"] / "last.pt")
+
+    def overflow(optimizer: torch.optim.Optimizer, args, kwargs) -> None:  # noqa: ANN001
+        if isinstance(optimizer, torch.optim.SGD):
+            with torch.no_grad():
+                optimizer.param_groups[0]["params"][0].view(-1)[0] = float("inf")
+
+    handle = register_optimizer_step_post_hook(overflow)
+    try:
+        _fails_cleanly(case, capsys, ["--set", "train.max_steps_per_epoch=1"], "model weights became nan",
+                       "last good checkpoint", "lower optim.lr", may_change=STARTED)
+    finally:
+        handle.remove()
+    kept = load_weights_only(case["run"] / "last.pt")
+    assert all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
+    assert kept["epoch"] == good["epoch"]
+
+
+def test_nan_loss_in_a_fresh_run_says_no_checkpoint_was_written(case: dict, capsys) -> None:
+    run = case["tmp"] / "fresh"
+    code, _, err = run_cli([*case["argv"][:-3], "--out-dir", run, "--set", "optim.lr=1e30", "--set",
+                            "train.log_every=1"], capsys)
+    assert_one_line_error(code, err, "became nan", "no checkpoint was written yet")

@@ -1,0 +1,132 @@
+"""A training run killed with SIGKILL and resumed, again and again, ends exactly where an uninterrupted run ends.
+
+Promise (README "Guarantees"): a run that dies at hour 20 loses nothing. The run below is killed five times,
+each time resumed with the same `dsnet train ... --resume` command (as a requeue script would do):
+
+1. inside the very first checkpoint write (half the bytes on disk), so no checkpoint exists yet;
+2. inside the second checkpoint write, again torn;
+3. after `selected.pt` is fully written and synced, just before its rename;
+4. and 5. at seeded random moments after an epoch ends (in a checkpoint write or inside the next epoch).
+
+After every kill each `*.pt` in the run folder must load with `weights_only=True` (never half-written). The
+final weights, the selected checkpoint and the metrics must equal those of an uninterrupted run bitwise (CPU,
+fixed seed), and no temporary file may be left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from faultkit import (
+    KILL_ENV,
+    assert_same_tensors,
+    checkpoint_files,
+    launch,
+    load_weights_only,
+    small_cifar10,
+    tiny_recipe,
+    write_recipe,
+)
+
+from dsnet.config import config_from_dict
+from dsnet.training.trainer import train
+
+EPOCHS = 6
+ATTEMPT_TIMEOUT_S = 240.0
+
+
+def kill_recipe() -> dict:
+    """6 epochs of 4 PGD-1 steps on 64 images; the LR decays at epoch 3, so epoch 4 is selected."""
+    return tiny_recipe(
+        data={"val_size": 16},
+        objective={"name": "at", "eps": 0.031, "step_size": 0.01, "steps": 1},
+        schedule={"milestones": [3]},
+        train={"epochs": EPOCHS, "batch_size": 16, "val_pgd_steps": 1},
+    )
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The uninterrupted run, in this process (one thread, as in the children)."""
+    root = tmp_path_factory.mktemp("kill")
+    data = small_cifar10(root / "data")
+    result = train(config_from_dict(kill_recipe()), data, root / "reference")
+    return {"root": root, "data": data, "run": root / "reference", "result": result}
+
+
+def _epoch_lines(stderr: Path) -> int:
+    return sum(line.startswith("epoch ") for line in stderr.read_text(errors="replace").splitlines())
+
+
+def _attempt(argv: list[str], cwd: Path, log: Path, kill_after_s: float | None = None, **env: str) -> int:
+    """Runs one attempt; with `kill_after_s`, SIGKILLs it that long after its first epoch line."""
+    process = launch(argv, log, cwd, **env)
+    deadline = time.monotonic() + ATTEMPT_TIMEOUT_S
+    try:
+        if kill_after_s is not None:
+            while process.poll() is None and _epoch_lines(log) == 0:
+                assert time.monotonic() < deadline, "the run never finished an epoch"
+                time.sleep(0.02)
+            time.sleep(kill_after_s)
+            if process.poll() is None:
+                process.send_signal(signal.SIGKILL)
+        return process.wait(timeout=max(deadline - time.monotonic(), 1.0))
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_run_killed_five_times_ends_with_the_weights_of_an_uninterrupted_run(reference: dict) -> None:
+    root, run = reference["root"], reference["root"] / "killed"
+    recipe = write_recipe(root / "recipe.yaml", kill_recipe())
+    command = ["train", "--config", str(recipe), "--data-dir", str(reference["data"]), "--out-dir", str(run)]
+    epoch_time = max(row["epoch_time_s"] for row in reference["result"].history) + 0.5
+    rng = random.Random(20210701)
+    attempts = [
+        ({KILL_ENV: "torn:last.pt:1"}, None),
+        ({KILL_ENV: "torn:last.pt:2"}, None),
+        ({KILL_ENV: "rename:selected.pt:1"}, None),
+        ({}, rng.uniform(0.0, 1.5 * epoch_time)),
+        ({}, rng.uniform(0.0, 1.5 * epoch_time)),
+        ({}, None),
+    ]
+    history = []
+    last_epoch = 0
+    for i, (env, kill_after_s) in enumerate(attempts):
+        log = root / f"attempt{i}.stderr"
+        argv = command if i == 0 else [*command, "--resume"]
+        code = _attempt(argv, root, log, kill_after_s, **env)
+        what = env.get(KILL_ENV) or (f"kill {kill_after_s:.2f} s after an epoch" if kill_after_s else "no kill")
+        history.append((what, code))
+        if env:
+            assert code == -signal.SIGKILL, f"attempt {i} ({env}) was not killed: exit {code}\n{log.read_text()}"
+        assert code in (0, -signal.SIGKILL), f"attempt {i} failed with exit {code}:\n{log.read_text()}"
+        for path in checkpoint_files(run):  # never half-written, whenever the kill came
+            load_weights_only(path)
+        if (run / "last.pt").exists():
+            epoch = load_weights_only(run / "last.pt")["epoch"]
+            assert epoch >= last_epoch, "a resumed run went back in time"
+            last_epoch = epoch
+        if i == 0:
+            assert not (run / "last.pt").exists() and list(run.glob(".last.pt.*")), "expected a torn temporary file"
+        if i == 1:
+            assert last_epoch == 2, "the kill inside the second write must leave the first epoch's checkpoint"
+    assert code == 0, history
+
+    ours, theirs = load_weights_only(run / "last.pt"), load_weights_only(reference["run"] / "last.pt")
+    assert ours["epoch"] == theirs["epoch"] == EPOCHS + 1
+    assert_same_tensors(ours["model"], theirs["model"])
+    selected, expected = load_weights_only(run / "selected.pt"), load_weights_only(reference["run"] / "selected.pt")
+    assert selected["selected_epoch"] == expected["selected_epoch"] == 4
+    assert_same_tensors(selected["model"], expected["model"])
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == list(range(1, EPOCHS + 1))
+    assert [r["train_loss"] for r in rows] == [r["train_loss"] for r in reference["result"].history]
+    leftovers = [p.name for p in run.iterdir() if p.name.endswith(".tmp") or p.name.endswith(".part")]
+    assert not leftovers, f"temporary files left behind: {leftovers}"
