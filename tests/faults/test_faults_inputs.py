@@ -297,7 +297,8 @@ def test_weights_that_blow_up_at_the_last_step_are_not_saved(case: dict, capsys)
     def overflow(optimizer: torch.optim.Optimizer, args, kwargs) -> None:  # noqa: ANN001
         if isinstance(optimizer, torch.optim.SGD):
             with torch.no_grad():
-                optimizer.param_groups[0]["params"][0].view(-1)[0] = float("inf")
+                weight = optimizer.param_groups[0]["params"][0]
+                weight[(0,) * weight.dim()] = float("inf")
 
     handle = register_optimizer_step_post_hook(overflow)
     try:
