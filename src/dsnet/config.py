@@ -144,7 +144,8 @@ class TrainConfig:
         _check(self.batch_size >= 1, "train.batch_size", "must be >= 1")
         _check(_is_device(self.device), "train.device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         _check(self.amp in AMP_MODES, "train.amp", f"must be one of {', '.join(AMP_MODES)}")
-        _check(self.compile in ("auto", True, False), "train.compile", f"must be auto, true or false, got {self.compile!r}")
+        _check(self.compile in ("auto", True, False), "train.compile",
+               f"must be auto, true or false, got {self.compile!r}")
         _check(self.selection in SELECTION_POLICIES, "train.selection", f"must be one of {', '.join(SELECTION_POLICIES)}")
         _check(self.val_pgd_steps >= 1, "train.val_pgd_steps", "must be >= 1")
         _check(self.eval_every >= 1, "train.eval_every", "must be >= 1")

@@ -62,7 +62,8 @@ def frozen_parameters(model: nn.Module) -> Iterator[nn.Module]:
 
     An attack needs the gradient w.r.t. its input only. With the parameters frozen, autograd records no
     weight-gradient work, and a compiled model's backward graph (which otherwise computes the gradient of every
-    input that requires one) skips the weight gradients: DS-Net-4's compiled attack step is about 1.2x faster.
+    input that requires one) skips the weight gradients. Measured on DS-Net-4 (one CPU thread, batch 8): a
+    compiled attack pass takes 0.57 s instead of 1.0 s, an eager one 0.70 s instead of 0.79 s.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:

@@ -11,8 +11,11 @@ weights (DDP broadcasts them), gradients are averaged (DDP), BatchNorm normalise
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -28,6 +31,7 @@ __all__ = [
     "convert_sync_batchnorm",
     "broadcast_buffers",
     "replica_divergence",
+    "local_rank_zero_first",
 ]
 
 
@@ -93,18 +97,44 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+@contextlib.contextmanager
+def local_rank_zero_first(ctx: DistributedContext) -> Iterator[None]:
+    """Runs the body on each machine's local rank 0 before the other ranks (e.g. a dataset download into a shared
+    folder, which n concurrent downloads would garble); a no-op on one process."""
+    if ctx.distributed and ctx.local_rank != 0:
+        dist.barrier()
+    yield
+    if ctx.distributed and ctx.local_rank == 0:
+        dist.barrier()
+
+
 def _group_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks whose backward sums the incoming gradients over ranks (every rank's loss uses the sum)."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:
+        out = tensor.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
 
 
 class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     """BatchNorm whose training-mode statistics cover the batches of all ranks, for gloo (CPU) process groups.
 
     torch's `SyncBatchNorm` runs on GPUs only. This one computes the global mean and then the global variance
-    with two differentiable all-reduces (`torch.distributed.nn.functional.all_reduce`, whose backward sums the
-    gradients over ranks), so a 2-process step equals a 1-process step on the concatenated batch up to float
-    rounding. Eval mode, and training on a single process, are plain `F.batch_norm`. Same parameters, buffers
-    and state-dict keys as `nn.BatchNorm2d`.
+    with two differentiable all-reduces (whose backward sums the gradients over ranks), so a 2-process step
+    equals a 1-process step on the concatenated batch up to float rounding. Eval mode, and training on a single
+    process, are plain `F.batch_norm`. Same parameters, buffers and state-dict keys as `nn.BatchNorm2d`.
     """
 
     def _check_input_dim(self, input: torch.Tensor) -> None:
@@ -114,8 +144,7 @@ class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if not (self.training and _group_size() > 1):
             return super().forward(input)
-        from torch.distributed.nn.functional import all_reduce
-
+        all_reduce = _AllReduceSum.apply
         self._check_input_dim(input)
         dims = [0, *range(2, input.dim())]
         shape = [1, -1] + [1] * (input.dim() - 2)

@@ -32,7 +32,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dsnet.attacks.core import LossFn, eval_mode, no_gradient_sync, project, random_start, sign_gradient_ascent
+from dsnet.attacks.core import (
+    LossFn,
+    eval_mode,
+    frozen_parameters,
+    no_gradient_sync,
+    project,
+    random_start,
+    sign_gradient_ascent,
+)
 from dsnet.errors import ConfigError
 from dsnet.registry import Registry
 
@@ -234,7 +242,7 @@ def early_stopped_pgd(
     budget = torch.full(y.shape, tau, dtype=torch.long, device=x.device)
     active = torch.ones(y.shape, dtype=torch.bool, device=x.device)
     steps_taken = torch.zeros(y.shape, dtype=torch.long, device=x.device)
-    with eval_mode(model), no_gradient_sync(model), torch.enable_grad():
+    with eval_mode(model), no_gradient_sync(model), frozen_parameters(model), torch.enable_grad():
         for _ in range(steps):
             x_adv.requires_grad_(True)
             logits = model(x_adv)

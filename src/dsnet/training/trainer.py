@@ -13,6 +13,7 @@ Files in the run folder: `config.yaml` (resolved recipe), `train.log`, `metrics.
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import sys
@@ -47,6 +48,7 @@ from dsnet.training.distributed import (
     all_reduce_sum,
     broadcast_buffers,
     convert_sync_batchnorm,
+    local_rank_zero_first,
     replica_divergence,
     setup_distributed,
     teardown_distributed,
@@ -196,7 +198,8 @@ class _Run:
         torch.manual_seed(config.train.seed)
 
         train_cfg, data_cfg = config.train, config.data
-        self.train_split, self.val_split = build_training_data(config, data_dir)
+        with local_rank_zero_first(self.ctx):  # one process per machine downloads a missing dataset
+            self.train_split, self.val_split = build_training_data(config, data_dir)
         num_classes = DATASETS.get(data_cfg.dataset).num_classes
         device = self.ctx.device
         self.train_split = self.train_split.to(device)
@@ -307,8 +310,9 @@ class _Run:
 
     def _decorrelate_ranks(self) -> None:
         """Rank r > 0 reseeds the global RNG (drop-connect masks), else every rank would drop the same examples
-        of its shard; rank 0 keeps the single-process stream. Derived from (seed, rank, epoch, step), so a
-        resumed run reseeds the same way."""
+        of its shard; rank 0 keeps the single-process stream. Derived from (seed, rank, epoch, step): a resumed
+        run reseeds deterministically, though not to the state the interrupted run had reached on ranks > 0
+        (checkpoints hold rank 0's RNG state only)."""
         if self.ctx.rank > 0:
             torch.manual_seed(self.config.train.seed * 1_000_003 + 7919 * self.ctx.rank
                               + 104_729 * self.epoch + self.loader.step)
@@ -571,6 +575,10 @@ class _Run:
             logging.getLogger("dsnet").removeHandler(handler)
             handler.close()
         if self.ctx.owns_process_group:
+            # DDP's reducer holds the process group: freed after the group was destroyed, it would destroy gloo's
+            # group while holding the GIL, which deadlocks when a gloo worker thread still needs the GIL.
+            self.train_model = self.fast_model = None
+            gc.collect()
             teardown_distributed()
 
 

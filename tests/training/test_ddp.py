@@ -1,0 +1,161 @@
+"""DDP on CPU (gloo, two processes): `torchrun -m dsnet train` equals a one-process run with the same global batch.
+
+What makes the two runs comparable: the loader gives rank r every 2nd image of the one-process permutation, so at
+step s the union of the ranks' batches is the one-process batch; BatchNorm is synchronised over the global batch
+(`train.sync_bn`); gradients are averaged. What the test removes because it would differ by design: random crops
+and flips (seeded per rank and step), the attack's random start and noise (drawn per rank), and MBConv's
+drop-connect (drawn per rank). Evaluation shards batches round-robin, each seeded by its global index.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import yaml
+from dsnet_testing import tiny_recipe, write_cifar10_folder
+
+from dsnet.config import config_from_dict
+from dsnet.data import ImageSplit
+from dsnet.models import create_model
+from dsnet.training.checkpoint import load_checkpoint
+from dsnet.training.trainer import evaluate_robustness, train
+
+# Float32 sums in another order (two half batches, gloo's all-reduce) differ by ~1e-7 relative; BN's centring
+# cancels most of some gradients, which amplifies that noise in their small remainder, and SGD with momentum
+# (Adam, for the attention) carries it through 4 steps. Measured: 4e-4 (weights), 1e-3 (BN buffers), 1e-4
+# (attention); without synchronised BN the same runs differ by 2.5e-2, 4.3e-2 and 4.5e-3.
+WEIGHT_ATOL = 2e-3
+ATTENTION_ATOL = 1e-3
+
+
+@pytest.fixture(autouse=True)
+def _no_process_group_left_behind():
+    yield
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def data_300(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """300 training images: 150 to train on, a 150-image validation split (3 evaluation batches of 64)."""
+    return write_cifar10_folder(tmp_path_factory.mktemp("cifar10_300"), per_batch=60)
+
+
+def _recipe() -> dict:
+    return tiny_recipe(
+        model={"name": "dsnet_tiny", "kwargs": {"blocks": ["residual", "dense", "ada_rk"]}},  # no drop-connect
+        data={"val_size": 150, "crop": False, "flip": False},
+        objective={"start": "none", "noise_std": 0.0},
+        train={"epochs": 2, "batch_size": 16, "max_steps_per_epoch": 2, "selection": "last", "device": "cpu",
+               "compile": False},
+    )
+
+
+def _torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "dsnet", *args]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one_process(data_300: Path, tmp_path: Path) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(_recipe()))
+    done = _torchrun(["train", "--config", str(recipe), "--data-dir", str(data_300), "--out-dir", "two"], tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    one = train(config_from_dict(_recipe()), data_300, tmp_path / "one")
+
+    # Same weights, attention weights and BN buffers as one process with the same global batch.
+    a = load_checkpoint(tmp_path / "one" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "two" / "last.pt")["model"]
+    assert a.keys() == b.keys()
+    for key in a:
+        if a[key].is_floating_point():
+            atol = ATTENTION_ATOL if key == "attention" else WEIGHT_ATOL
+            assert torch.allclose(a[key], b[key], rtol=0, atol=atol), (key, float((a[key] - b[key]).abs().max()))
+        else:
+            assert torch.equal(a[key], b[key]), key
+
+    # The replicas agreed at every epoch end, and the sharded validation saw what one process saw.
+    rows = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]  # rank 0 alone wrote them
+    assert all(r["replica_divergence"] == 0.0 for r in rows)
+    for mine, theirs in zip(rows, one.history):
+        assert mine["val_clean_acc"] == theirs["val_clean_acc"]
+        assert mine["val_pgd_acc"] == theirs["val_pgd_acc"]
+        assert mine["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-3)
+
+    # Rank 0 alone logged, printed and wrote files.
+    assert done.stdout.count("done: 2 epochs") == 1
+    assert done.stderr.count("epoch 1 |") == 1
+    log = (tmp_path / "two" / "train.log").read_text()
+    assert log.count("epoch 1 |") == 1 and "2 process(es)" in log
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(
+        ["config.yaml", "train.log", "metrics.jsonl", "last.pt", "selected.pt"])
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _split() -> ImageSplit:
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (150, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    return ImageSplit(images, torch.randint(0, 10, (150,), generator=generator), 10)
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return create_model("dsnet_tiny")
+
+
+class _CountingModel(torch.nn.Module):
+    """Counts the images of its no-grad forward passes (accuracy on the clean and on the attacked batch)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.seen = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled():
+            self.seen += x.shape[0]
+        return self.model(x)
+
+
+def _evaluate_worker(rank: int, port: int, out: str) -> None:
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        from dsnet.training.distributed import DistributedContext
+
+        ctx = DistributedContext(rank, 2, rank, torch.device("cpu"))
+        model = _CountingModel(_model())
+        result = evaluate_robustness(model, _split(), eps=0.031, step_size=0.031 / 4, steps=2, batch_size=64,
+                                     ctx=ctx, seed=3)
+        torch.save({"result": result, "seen": model.seen}, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_evaluation_is_sharded_and_equals_one_process(tmp_path: Path) -> None:
+    mp.spawn(_evaluate_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    single = evaluate_robustness(_model(), _split(), eps=0.031, step_size=0.031 / 4, steps=2, batch_size=64, seed=3)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert [r["seen"] // 2 for r in ranks] == [64 + 22, 64]  # batches 0 and 2 on rank 0, batch 1 on rank 1
+    for r in ranks:
+        assert tuple(r["result"]) == single  # the same counts, not merely close
+    assert single[1] <= single[0]
