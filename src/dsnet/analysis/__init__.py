@@ -8,8 +8,7 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from dsnet.lazy import lazy_exports
 
 _EXPORTS = {
     "analyze_attention": "attention",
@@ -27,13 +26,5 @@ _EXPORTS = {
 
 __all__ = list(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    # Imported on first use, so that `dsnet -h` does not load torch.
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"dsnet.analysis.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'dsnet.analysis' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+# Imported on first use, so that `dsnet -h` does not load torch.
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
