@@ -20,7 +20,8 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,48 @@ def launch(argv: list[str], stderr_path: Path, cwd: Path, **env: str) -> subproc
     with open(stderr_path, "wb") as err:
         return subprocess.Popen([sys.executable, str(HERE / "faultkit.py"), *argv], cwd=cwd, env=subprocess_env(**env),
                                 stdout=subprocess.DEVNULL, stderr=err)
+
+
+def run_and_kill(argv: list[str], cwd: Path, log: Path, *, started: Callable[[str], bool], what: str,
+                 kill_after_s: float | None = None, timeout_s: float = 240.0, **env: str) -> int:
+    """Runs `dsnet <argv>` in a child; with `kill_after_s`, SIGKILLs it that long after `started(stderr)` holds.
+
+    Returns the child's exit status (-9 when it was killed). `what` names the awaited event in the failure.
+    """
+    process = launch(argv, log, cwd, **env)
+    deadline = time.monotonic() + timeout_s
+    try:
+        if kill_after_s is not None:
+            while process.poll() is None and not started(log.read_text(errors="replace")):
+                assert time.monotonic() < deadline, f"the child never {what}"
+                time.sleep(0.02)
+            time.sleep(kill_after_s)
+            if process.poll() is None:
+                process.send_signal(signal.SIGKILL)
+        return process.wait(timeout=max(deadline - time.monotonic(), 1.0))
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def one_epoch_recipe(**sections: dict) -> dict:
+    """A tiny standard-training recipe of one epoch on `small_cifar10` data; sections merge over it."""
+    base = tiny_recipe(data={"val_size": 16}, objective={"name": "standard"},
+                       train={"epochs": 1, "batch_size": 16, "val_pgd_steps": 1})
+    for key, value in sections.items():
+        base[key] = {**base[key], **value}
+    return base
+
+
+def train_one_epoch(root: Path) -> dict[str, Path]:
+    """Trains `one_epoch_recipe()` under `root`: {"data": the data folder, "run": the finished run folder}."""
+    from dsnet.config import config_from_dict
+    from dsnet.training.trainer import train
+
+    data = small_cifar10(root / "data")
+    train(config_from_dict(one_epoch_recipe()), data, root / "run")
+    return {"data": data, "run": root / "run"}
 
 
 def checkpoint_files(run: Path) -> list[Path]:

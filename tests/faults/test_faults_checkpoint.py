@@ -22,36 +22,23 @@ from faultkit import (
     assert_one_line_error,
     folder_snapshot,
     fresh_cli_logging,  # noqa: F401 - fixture
+    one_epoch_recipe,
     run_cli,
-    small_cifar10,
-    tiny_recipe,
+    train_one_epoch,
     write_recipe,
 )
 
-from dsnet.config import config_from_dict
 from dsnet.errors import CheckpointError
 from dsnet.models import create_model
 from dsnet.training.checkpoint import load_checkpoint, load_model_state
-from dsnet.training.trainer import train
 
 pytestmark = pytest.mark.usefixtures("fresh_cli_logging")
-
-
-def one_epoch_recipe(**sections: dict) -> dict:
-    base = tiny_recipe(data={"val_size": 16}, objective={"name": "standard"},
-                       train={"epochs": 1, "batch_size": 16, "val_pgd_steps": 1})
-    for key, value in sections.items():
-        base[key] = {**base[key], **value}
-    return base
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One finished epoch of dsnet_tiny (width 4): a run folder to copy and damage."""
-    root = tmp_path_factory.mktemp("ckpt")
-    data = small_cifar10(root / "data")
-    train(config_from_dict(one_epoch_recipe()), data, root / "run")
-    return {"data": data, "run": root / "run"}
+    return train_one_epoch(tmp_path_factory.mktemp("ckpt"))
 
 
 def _copy_run(trained: dict, tmp_path: Path) -> Path:

@@ -19,12 +19,11 @@ from __future__ import annotations
 import json
 import random
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from faultkit import KILL_ENV, launch, small_cifar10, tiny_recipe
+from faultkit import KILL_ENV, run_and_kill, small_cifar10, tiny_recipe
 
 from dsnet.config import config_from_dict
 from dsnet.evaluation import evaluate
@@ -68,21 +67,8 @@ def _state(out: Path) -> dict[str, Any]:
 
 def _attempt(argv: list[str], cwd: Path, log: Path, kill_after_s: float | None = None, **env: str) -> int:
     """Runs one `dsnet eval`; with `kill_after_s`, SIGKILLs it that long after it logged its first result."""
-    process = launch(argv, log, cwd, **env)
-    deadline = time.monotonic() + ATTEMPT_TIMEOUT_S
-    try:
-        if kill_after_s is not None:
-            while process.poll() is None and "Natural:" not in log.read_text(errors="replace"):
-                assert time.monotonic() < deadline, "the evaluation never started"
-                time.sleep(0.02)
-            time.sleep(kill_after_s)
-            if process.poll() is None:
-                process.send_signal(signal.SIGKILL)
-        return process.wait(timeout=max(deadline - time.monotonic(), 1.0))
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    return run_and_kill(argv, cwd, log, started=lambda text: "Natural:" in text, what="logged its first result",
+                        kill_after_s=kill_after_s, timeout_s=ATTEMPT_TIMEOUT_S, **env)
 
 
 def test_killed_evaluation_resumes_without_recomputing_and_gives_the_same_report(evaluated: dict[str, Any]) -> None:

@@ -23,16 +23,14 @@ from faultkit import (
     folder_snapshot,
     fresh_cli_logging,  # noqa: F401 - fixture
     load_weights_only,
+    one_epoch_recipe,
     run_cli,
-    small_cifar10,
-    tiny_recipe,
+    train_one_epoch,
     write_recipe,
 )
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import dsnet.data.download
-from dsnet.config import config_from_dict
-from dsnet.training.trainer import train
 
 pytestmark = pytest.mark.usefixtures("fresh_cli_logging")
 
@@ -46,20 +44,9 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(dsnet.data.download, "urlopen", refuse)
 
 
-def recipe(**sections: dict) -> dict:
-    base = tiny_recipe(data={"val_size": 16}, objective={"name": "standard"},
-                       train={"epochs": 1, "batch_size": 16, "val_pgd_steps": 1})
-    for key, value in sections.items():
-        base[key] = {**base[key], **value}
-    return base
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    root = tmp_path_factory.mktemp("inputs")
-    data = small_cifar10(root / "data")
-    train(config_from_dict(recipe()), data, root / "run")
-    return {"data": data, "run": root / "run"}
+    return train_one_epoch(tmp_path_factory.mktemp("inputs"))
 
 
 @pytest.fixture
@@ -68,7 +55,7 @@ def case(trained: dict, tmp_path: Path) -> dict:
     data, run = tmp_path / "data", tmp_path / "run"
     shutil.copytree(trained["data"], data)
     shutil.copytree(trained["run"], run)
-    config = write_recipe(tmp_path / "recipe.yaml", recipe(train={"epochs": 2}))
+    config = write_recipe(tmp_path / "recipe.yaml", one_epoch_recipe(train={"epochs": 2}))
     argv = ["train", "--config", config, "--data-dir", data, "--out-dir", run, "--resume"]
     return {"data": data, "run": run, "argv": argv, "config": config, "tmp": tmp_path}
 

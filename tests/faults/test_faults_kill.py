@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import random
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -26,8 +25,8 @@ from faultkit import (
     KILL_ENV,
     assert_same_tensors,
     checkpoint_files,
-    launch,
     load_weights_only,
+    run_and_kill,
     small_cifar10,
     tiny_recipe,
     write_recipe,
@@ -59,27 +58,14 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"root": root, "data": data, "run": root / "reference", "result": result}
 
 
-def _epoch_lines(stderr: Path) -> int:
-    return sum(line.startswith("epoch ") for line in stderr.read_text(errors="replace").splitlines())
+def _epoch_lines(text: str) -> int:
+    return sum(line.startswith("epoch ") for line in text.splitlines())
 
 
 def _attempt(argv: list[str], cwd: Path, log: Path, kill_after_s: float | None = None, **env: str) -> int:
     """Runs one attempt; with `kill_after_s`, SIGKILLs it that long after its first epoch line."""
-    process = launch(argv, log, cwd, **env)
-    deadline = time.monotonic() + ATTEMPT_TIMEOUT_S
-    try:
-        if kill_after_s is not None:
-            while process.poll() is None and _epoch_lines(log) == 0:
-                assert time.monotonic() < deadline, "the run never finished an epoch"
-                time.sleep(0.02)
-            time.sleep(kill_after_s)
-            if process.poll() is None:
-                process.send_signal(signal.SIGKILL)
-        return process.wait(timeout=max(deadline - time.monotonic(), 1.0))
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    return run_and_kill(argv, cwd, log, started=lambda text: _epoch_lines(text) > 0, what="finished an epoch",
+                        kill_after_s=kill_after_s, timeout_s=ATTEMPT_TIMEOUT_S, **env)
 
 
 def test_run_killed_five_times_ends_with_the_weights_of_an_uninterrupted_run(reference: dict) -> None:
