@@ -52,7 +52,7 @@ from dsnet.attacks.core import frozen_parameters, sign_gradient_ascent
 from dsnet.models import create_model, split_parameters
 from dsnet.training.fast_path import EagerFallback, compile_regions, resolve_channels_last
 from dsnet.training.objectives import build_objective
-from dsnet.training.precision import resolve_precision
+from dsnet.runtime.precision import resolve_precision
 from dsnet.training.trainer import training_step
 
 DEFAULT_MODELS = ("dsnet4", "dsnet6", "wrn34_10", "resnet50")

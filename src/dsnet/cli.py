@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 
@@ -73,17 +74,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _setup_logging(verbose: bool) -> None:
+    """One console handler on the current stderr: a handler left by an earlier `main()` call in this process
+    (a notebook, a test) may hold a stream that is closed by now, so it is replaced rather than reused."""
     root = logging.getLogger("dsnet")
-    if not any(isinstance(h, logging.StreamHandler) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        root.addHandler(handler)
+    for handler in [h for h in root.handlers if getattr(h, "dsnet_console", False)]:
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.dsnet_console = True  # type: ignore[attr-defined]
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def _continue_command(argv: Sequence[str], command: str) -> str:
+    """What to run after an interruption: the same command (with --resume for a training run)."""
+    words = ["dsnet", *argv]
+    if command == "train" and "--resume" not in words:
+        words.append("--resume")
+    return shlex.join(words)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the `dsnet` command line; returns the exit status (0 ok, 1 runtime error, 2 usage error)."""
     parser = build_parser()
+    argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
     try:
@@ -102,7 +116,11 @@ def main(argv: Sequence[str] | None = None) -> int:
               "rerun (a training run continues where it stopped with --resume)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("dsnet: interrupted", file=sys.stderr)
+        if args.command in ("train", "eval", "reproduce"):
+            print(f"dsnet: interrupted; nothing finished is lost, continue with: "
+                  f"{_continue_command(argv, args.command)}", file=sys.stderr)
+        else:
+            print("dsnet: interrupted", file=sys.stderr)
         return 130
 
 

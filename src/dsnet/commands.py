@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dsnet.evaluation.commands import add_eval_arguments, add_export_arguments, run_eval, run_export
 from dsnet.experiments.command import REPRODUCE_HELP, add_reproduce_arguments, run_reproduce
 from dsnet.analysis.command import ANALYZE_HELP, add_analyze_arguments, run_analyze
+from dsnet.errors import ConfigError
 
 __all__ = ["COMMANDS"]
 
@@ -21,6 +22,9 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a recipe value, e.g. --set train.epochs=2 (repeatable)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out-dir from its last.pt")
+    parser.add_argument("--allow-change", dest="allow_changes", action="append", default=[], metavar="KEY",
+                        help="with --resume: let the recipe change KEY (section.key or a section) on purpose; "
+                             "recorded in metrics.jsonl (repeatable)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -35,8 +39,10 @@ def _run_train(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides)
     main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 alone logs and prints
     if not main_process:
-        logging.getLogger("dsnet").setLevel(logging.WARNING)
-    result = train(config, args.data_dir, args.out_dir, resume=args.resume)
+        logging.getLogger("dsnet").setLevel(logging.ERROR)  # rank 0 says everything once; errors still show
+    if args.allow_changes and not args.resume:
+        raise ConfigError("--allow-change only applies to --resume (a new run takes the recipe as it is)")
+    result = train(config, args.data_dir, args.out_dir, resume=args.resume, allow_changes=args.allow_changes)
     if not main_process:
         return 0
     if result.stopped_early:

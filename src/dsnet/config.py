@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import re
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from dsnet.coerce import EXPONENT, FRACTION, coerce_value, to_float
 from dsnet.errors import ConfigError
 
 __all__ = [
@@ -40,14 +39,24 @@ __all__ = [
     "apply_overrides",
     "parse_override",
     "config_to_dict",
+    "coerce_value",
+    "recipe_differences",
+    "RESULT_NEUTRAL_KEYS",
+    "RESUME_NEUTRAL_KEYS",
     "SELECTION_POLICIES",
 ]
 
 SELECTION_POLICIES = ("first_decay_plus_one", "best_val_pgd", "last")
+
+RESULT_NEUTRAL_KEYS = ("train.device", "train.progress", "train.log_every", "train.tensorboard", "train.compile",
+                       "train.channels_last", "train.keep_epoch_checkpoints", "data.download")
+"""Settings that change how a run executes or reports, never what it computes (beyond float rounding): a rerun or
+a resume may change them freely."""
+
+RESUME_NEUTRAL_KEYS = (*RESULT_NEUTRAL_KEYS, "train.epochs")
+"""What `--resume` may also change without `--allow-change`: more epochs extend a run and leave the finished ones
+as they were."""
 AMP_MODES = ("auto", "bf16", "fp16", "off")
-_FRACTION = re.compile(r"^\s*([0-9.eE+-]+)\s*/\s*([0-9.eE+-]+)\s*$")
-# YAML 1.1 (PyYAML) reads 1e-3 and 2.0e5 as strings: a float needs a dot and a signed exponent there.
-_EXPONENT = re.compile(r"^\s*[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+\s*$")
 
 
 @dataclass
@@ -181,63 +190,6 @@ def _check(ok: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key} {message}")
 
 
-def _to_float(value: Any, key: str) -> float:
-    if isinstance(value, bool):
-        raise ConfigError(f"{key} must be a number, got {value!r}")
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        match = _FRACTION.match(value)
-        try:
-            return float(match.group(1)) / float(match.group(2)) if match else float(value)
-        except (ValueError, ZeroDivisionError):
-            pass
-    raise ConfigError(f"{key} must be a number (like 0.031 or 8/255), got {value!r}")
-
-
-def _coerce(value: Any, annotation: Any, key: str) -> Any:
-    """Checks `value` against a field annotation, converting where the conversion is unambiguous."""
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(annotation)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _coerce(value, option, key)
-            except ConfigError as error:
-                errors.append(str(error))
-        raise ConfigError(errors[0] if errors else f"{key} has a bad value {value!r}")
-    if annotation is float:
-        return _to_float(value, key)
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key} must be true or false, got {value!r}")
-    if annotation is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConfigError(f"{key} must be an integer, got {value!r}")
-    if annotation is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{key} must be a string, got {value!r}")
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key} must be a list, got {value!r}")
-        return tuple(_coerce(v, a, key) for v, a in zip(value, typing.get_args(annotation)))
-    if origin is dict or annotation is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key} must be a mapping, got {value!r}")
-        return dict(value)
-    return value
-
-
 def _build_section(cls: type, raw: Any, section: str) -> Any:
     if raw is None:
         raw = {}
@@ -254,7 +206,7 @@ def _build_section(cls: type, raw: Any, section: str) -> Any:
             problems.append(f"unknown key {section}.{key}{hint}")
             continue
         try:
-            values[key] = _coerce(value, hints[key], f"{section}.{key}")
+            values[key] = coerce_value(value, hints[key], f"{section}.{key}")
         except ConfigError as error:
             problems.append(str(error))
     if problems:
@@ -265,7 +217,7 @@ def _build_section(cls: type, raw: Any, section: str) -> Any:
 def _check_named_section(raw: Any, section: str) -> dict[str, Any]:
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
         raise ConfigError(f"section {section!r} needs a 'name' key (e.g. {section}: {{name: ...}})")
-    return {k: (_to_float(v, f"{section}.{k}") if isinstance(v, str) and (_FRACTION.match(v) or _EXPONENT.match(v))
+    return {k: (to_float(v, f"{section}.{k}") if isinstance(v, str) and (FRACTION.match(v) or EXPONENT.match(v))
                 else v)
             for k, v in raw.items()}
 
@@ -307,7 +259,6 @@ def config_from_dict(raw: dict[str, Any]) -> RunConfig:
 def validate(config: RunConfig) -> None:
     """Checks the names and parameters that live in registries (model, dataset, objective, schedule)."""
     from dsnet.data import DATASETS
-    from dsnet.models import MODELS
     from dsnet.training.objectives import build_objective
     from dsnet.training.schedules import build_schedule
 
@@ -327,16 +278,20 @@ def validate(config: RunConfig) -> None:
 
 
 def _check_model(config: RunConfig) -> None:
-    """The model name, and its `kwargs` by building it on the meta device (no memory, well under a second), so a
-    misspelt or mistyped constructor argument fails here and not after the dataset has loaded."""
+    """The model name, its `kwargs` against the constructor's signature (unknown names with suggestions, wrong
+    types), then a build on the meta device (no memory, well under a second), so a misspelt, mistyped or
+    out-of-range constructor argument fails here and not after the dataset has loaded."""
     import torch
 
     from dsnet.data import DATASETS
-    from dsnet.models import MODELS, create_model
+    from dsnet.models import MODELS, check_model_arguments, create_model
 
     MODELS.get(config.model.name)
     if not config.model.kwargs:
-        return  # the entrypoint's own defaults
+        return  # the variant's own arguments
+    problems = check_model_arguments(config.model.name, config.model.kwargs)
+    if problems:
+        raise ConfigError(f"model.kwargs of {config.model.name}: {'; '.join(problems)}")
     num_classes = DATASETS.get(config.data.dataset).num_classes if config.data.dataset in DATASETS else 10
     try:
         with torch.device("meta"):
@@ -382,6 +337,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 def read_recipe(path: str | Path) -> dict[str, Any]:
     """Reads a YAML recipe as a plain dict, with clear errors for a missing or malformed file."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"--config {path} is a folder, not a recipe file; pass one of its YAML files (recipes "
+                          "live in configs/, e.g. configs/quickstart.yaml)")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; recipes live in configs/ (e.g. configs/quickstart.yaml)")
     try:
@@ -391,16 +349,32 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
     except (UnicodeDecodeError, OSError) as error:
         raise ConfigError(f"cannot read config file {path} as a YAML recipe ({type(error).__name__}); is it a "
                           "checkpoint or another binary file? recipes live in configs/") from None
-    if raw is not None and not isinstance(raw, dict):
+    if raw is None or raw == {}:
+        raise ConfigError(f"config file {path} is empty; a recipe names at least its model, objective and epochs "
+                          "(an empty one would silently mean a 120-epoch run of every default); start from "
+                          "configs/quickstart.yaml")
+    if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a mapping of sections (model, data, objective, optim, "
                           f"schedule, train), not a {type(raw).__name__}; recipes live in configs/")
-    return raw or {}
+    return raw
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Reads a recipe (or the defaults), applies `section.key=value` overrides, and validates the result."""
     raw = read_recipe(path) if path is not None else {}
     return config_from_dict(apply_overrides(raw, overrides or []))
+
+
+def recipe_differences(saved: dict[str, Any], now: dict[str, Any],
+                       neutral: tuple[str, ...] = RESUME_NEUTRAL_KEYS) -> list[str]:
+    """The differences between two resolved recipes (`config_to_dict`), leaving out the `neutral` keys.
+
+    Returns:
+        "section.key: old -> new" for every other setting that differs, in sorted key order.
+    """
+    from dsnet.runtime.records import differences
+
+    return differences(saved, now, ignore=neutral)
 
 
 def config_to_dict(config: RunConfig) -> dict[str, Any]:

@@ -14,6 +14,9 @@ __all__ = [
     "DataError",
     "CheckpointError",
     "TrainingDivergedError",
+    "WriteError",
+    "DiskFullError",
+    "FolderInUseError",
 ]
 
 
@@ -39,3 +42,15 @@ class CheckpointError(DsnetError, ValueError):
 
 class TrainingDivergedError(DsnetError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class WriteError(DsnetError, OSError):
+    """A file could not be written (an unwritable folder, an I/O error); the previous version is kept."""
+
+
+class DiskFullError(WriteError):
+    """The disk (or quota) filled up while a file was written; the previous version of the file is kept."""
+
+
+class FolderInUseError(DsnetError, RuntimeError):
+    """Another dsnet process holds the lock of a run or evaluation folder."""

@@ -1,4 +1,5 @@
-"""One small registry class, reused for models, atomic blocks, objectives, attacks, datasets and schedules.
+"""One small registry class, reused for models, atomic blocks, objectives, attacks, datasets, schedules, presets,
+grids and scales, and the one "did you mean" helper every name lookup uses.
 
 Names are lowercase snake_case. Registering a name twice is an error (a silent overwrite would make a
 user's block replace ours without notice). An unknown name raises `UnknownNameError` that lists the
@@ -9,14 +10,29 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
 from dsnet.errors import UnknownNameError
 
-__all__ = ["Registry"]
+__all__ = ["Registry", "suggest", "unknown_name"]
 
 T = TypeVar("T")
+
+
+def suggest(name: object, valid: Iterable[str], *, cutoff: float = 0.5) -> str:
+    """"did you mean 'x'?" for the close matches of `name` among `valid`, else "valid: a, b, c"."""
+    valid = list(valid)
+    close = difflib.get_close_matches(str(name), valid, n=3, cutoff=cutoff)
+    if close:
+        return f"did you mean {', '.join(repr(c) for c in close)}?"
+    return f"valid: {', '.join(valid) or '(none)'}"
+
+
+def unknown_name(kind: str, name: object, valid: Iterable[str], hint: str | None = None) -> UnknownNameError:
+    """The error for an unknown `kind` name: "unknown attack 'pgdd'; did you mean 'pgd'?" (+ where to look)."""
+    message = f"unknown {kind} {name!r}; {suggest(name, valid)}"
+    return UnknownNameError(message + (f" ({hint})" if hint else ""))
 
 
 class Registry(Generic[T]):
@@ -25,13 +41,22 @@ class Registry(Generic[T]):
     Args:
         kind: what the entries are, in words ("model", "atomic block"); used in error messages.
         hint: what a user can run to see the valid names (shown when a name is unknown).
+        populate: called once, before the first lookup, to import the modules whose entries register
+            themselves (so that importing a package costs nothing until a name is needed).
     """
 
-    def __init__(self, kind: str, hint: str | None = None) -> None:
+    def __init__(self, kind: str, hint: str | None = None, populate: Callable[[], None] | None = None) -> None:
         self.kind = kind
         self.hint = hint
+        self._populate = populate
         self._entries: dict[str, T] = {}
         self._meta: dict[str, Any] = {}
+
+    def _ready(self) -> dict[str, T]:
+        if self._populate is not None:
+            populate, self._populate = self._populate, None
+            populate()
+        return self._entries
 
     def register(self, name: str | None = None, *, meta: Any = None) -> Callable[[T], T]:
         """Decorator that registers an object under `name` (default: its `__name__`)."""
@@ -53,10 +78,11 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         """The object registered under `name`; an unknown name raises `UnknownNameError` with suggestions."""
+        entries = self._ready()
         try:
-            return self._entries[name]
+            return entries[name]
         except (KeyError, TypeError):
-            raise UnknownNameError(self._unknown_message(name)) from None
+            raise unknown_name(self.kind, name, entries, self.hint) from None
 
     def meta(self, name: str) -> Any:
         """The metadata stored with `name`."""
@@ -65,25 +91,18 @@ class Registry(Generic[T]):
 
     def names(self, pattern: str | None = None) -> list[str]:
         """Registered names in registration order, optionally filtered by a shell-style pattern."""
-        names = list(self._entries)
+        names = list(self._ready())
         return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
 
-    def _unknown_message(self, name: object) -> str:
-        close = difflib.get_close_matches(str(name), list(self._entries), n=3, cutoff=0.5)
-        message = f"unknown {self.kind} {name!r}"
-        if close:
-            message += f"; did you mean {', '.join(repr(c) for c in close)}?"
-        else:
-            message += f"; valid names: {', '.join(self._entries) or '(none)'}"
-        if self.hint:
-            message += f" ({self.hint})"
-        return message
+    def items(self) -> list[tuple[str, T]]:
+        """(name, object) pairs in registration order."""
+        return list(self._ready().items())
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        return name in self._ready()
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._entries)
+        return iter(list(self._ready()))
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._ready())

@@ -52,7 +52,7 @@ class _Lines(logging.Handler):
 
 @pytest.fixture(scope="module")
 def runs(_one_thread):
-    model = _mlp()
+    model, direct_model = _mlp(), _mlp()  # the same weights; each call gets its own instance
     x, y = _data(model)
 
     reference_logger = logging.getLogger("auto-attack")
@@ -61,7 +61,7 @@ def runs(_one_thread):
     reference_logger.setLevel(logging.DEBUG)
     try:
         with torch.random.fork_rng(devices=[]):
-            direct = pyautoattack.AutoAttack(model.eval(), device="cpu", eps=EPS, seed=0, version="standard")
+            direct = pyautoattack.AutoAttack(direct_model.eval(), device="cpu", eps=EPS, seed=0, version="standard")
             x_ref, y_ref = direct.run_standard_evaluation(x, y, batch_size=BATCH)
     finally:
         reference_logger.removeHandler(lines)
@@ -78,7 +78,7 @@ def runs(_one_thread):
     rng = torch.get_rng_state()
     result = AutoAttack(eps=EPS, seed=0, batch_size=BATCH).run(model, x, y)
     return SimpleNamespace(
-        model=model, x=x, y=y, x_ref=x_ref, robust_ref=y_ref == y, logged=logged, result=result,
+        model=model, direct_model=direct_model, x=x, y=y, x_ref=x_ref, robust_ref=y_ref == y, logged=logged, result=result,
         modes_before=modes, modes_after=[module.training for module in model.modules()],
         rng_before=rng, rng_after=torch.get_rng_state(),
     )
@@ -242,3 +242,17 @@ def test_rand_version_runs_its_own_attacks_and_matches_the_reference():
     assert torch.equal(result.robust, y_ref == y)
     assert 0 < result.robust.sum() < result.clean.sum()  # something to find, something left
     assert attack.label == "AutoAttack (rand)"
+
+
+def test_parameters_get_no_gradient_and_stay_trainable(runs):
+    """FAB calls backward(): the direct call of the reference leaves `.grad` filled on its trainable model; the
+    adapter freezes the parameters, so they get none and stay trainable."""
+    assert "fab-t" in runs.result.stages_run
+    assert any(p.grad is not None for p in runs.direct_model.parameters())
+    assert all(p.grad is None for p in runs.model.parameters())
+    assert all(p.requires_grad for p in runs.model.parameters())
+
+
+def test_batch_size_defaults_to_the_references():
+    assert AutoAttack(eps=EPS).batch_size == 250
+    assert AutoAttack(eps=EPS).config()["batch_size"] == 250

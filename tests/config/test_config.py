@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from dsnet.config import apply_overrides, config_from_dict, config_to_dict, load_config, parse_override
-from dsnet.errors import ConfigError, UnknownNameError
+from dsnet.errors import ConfigError
 
 
 def test_defaults_validate() -> None:

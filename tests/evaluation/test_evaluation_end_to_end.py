@@ -25,7 +25,7 @@ from dsnet.evaluation import evaluate, export_model, load_exported, load_model_f
 from dsnet.evaluation.evaluator import _Evaluation
 from dsnet.evaluation.points import select_points
 from dsnet.models import create_model
-from dsnet.training.distributed import DistributedContext
+from dsnet.runtime.distributed import DistributedContext
 from dsnet.training.trainer import train
 
 # As tests/conftest.py's tiny_recipe, trained without attacks so that it learns enough in 3 epochs to leave
@@ -118,6 +118,57 @@ def test_eval_writes_reports_with_the_five_metrics_in_the_papers_order(full_eval
     header = next(line for line in markdown.splitlines() if line.startswith("| Natural"))
     assert header == "| Natural | FGSM | PGD-20 | CW∞-30 | AA | Worst case |"
     assert "7.905/255" in markdown and "Sanity checks" in markdown and "APGD-CE" in markdown
+
+
+def test_report_names_the_epoch_of_the_weights_the_math_mode_and_the_autoattack_batch(full_eval: Path) -> None:
+    report = _report(full_eval)
+    assert report["model"]["epoch"] == 3  # selected one epoch after the decay at 3, capped at the last epoch
+    assert "(epoch 3)" in (full_eval / "report.md").read_text()
+    math = report["device"]["math"]
+    assert math["cudnn.conv"] == math["cuda.matmul"] == math["mkldnn.matmul"] == "ieee", math
+    assert report["attacks"]["autoattack"]["settings"]["batch_size"] == 250  # the reference's, not --batch-size
+
+
+class _MathProbe(torch.nn.Module):
+    """A tiny classifier that records the fp32 math settings in force whenever it runs."""
+
+    seen: list[dict[str, Any]] = []
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.fc = torch.nn.Linear(3 * 32 * 32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from dsnet.runtime.precision import math_mode
+
+        self.seen.append({**math_mode(), "autocast": torch.is_autocast_enabled("cpu")})
+        return self.fc(x.flatten(1))
+
+
+def test_evaluation_runs_in_true_fp32_and_restores_the_callers_settings(cifar10_dir: Path, tmp_path: Path) -> None:
+    from dsnet.models import MODELS, ModelInfo, register_model
+    from dsnet.runtime.precision import math_mode
+
+    if "math_probe_tiny" not in MODELS:
+        register_model("math_probe_tiny", _MathProbe, ModelInfo(family="test", tiny=True))
+    weights = tmp_path / "probe.pt"
+    torch.save(_MathProbe().state_dict(), weights)
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.mkldnn.matmul
+    saved = (conv.fp32_precision, matmul.fp32_precision)
+    conv.fp32_precision, matmul.fp32_precision = "tf32", "bf16"  # what a user (or a GPU default) may have set
+    try:
+        before = math_mode()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            evaluate(weights, cifar10_dir, model_name="math_probe_tiny", dataset="cifar10", attacks=["clean", "fgsm"],
+                     n_examples=8, sanity=False, progress=False, out_dir=tmp_path / "eval")
+        after = math_mode()
+    finally:
+        conv.fp32_precision, matmul.fp32_precision = saved
+    assert _MathProbe.seen, "the probe never ran"
+    for seen in _MathProbe.seen:
+        assert not seen.pop("autocast") and all(v == "ieee" for v in seen.values()), seen
+    assert after == before and before["cudnn.conv"] == "tf32" and before["mkldnn.matmul"] == "bf16"
 
 
 def test_interrupted_evaluation_resumes_without_recomputing_finished_attacks(

@@ -11,7 +11,7 @@ import pytest
 
 from dsnet.experiments.aggregate import kendall_tau, load_paper, mean_std, write_tables
 from dsnet.experiments.grids import GRIDS, build_grid
-from dsnet.experiments.runner import cell_dir, eval_dir
+from dsnet.experiments.layout import cell_dir, eval_dir
 
 
 def test_mean_std_by_hand() -> None:

@@ -13,9 +13,10 @@ import yaml
 
 from dsnet.cli import main
 from dsnet.errors import ConfigError
-from dsnet.experiments import runner
+from dsnet.experiments import layout, runner
 from dsnet.experiments.grids import build_grid, with_scale
-from dsnet.experiments.runner import cell_dir, plan_cells, reproduce
+from dsnet.experiments.layout import cell_dir
+from dsnet.experiments.runner import plan_cells, reproduce
 
 # Everything that keeps a miniature cell at a couple of seconds on one CPU thread.
 TINY = ["data.download=false", "data.val_size=32", "train.batch_size=32", "train.max_steps_per_epoch=2",
@@ -86,14 +87,14 @@ def _cells(**changes) -> dict[str, runner.Cell]:
 def test_unfinished_cell_is_evaluated_without_retraining(table2_mini, cifar10_dir: Path, monkeypatch) -> None:
     out, _ = table2_mini
     cell = _cells()["cifar10-at-resnet50-seed1"]
-    report = runner.eval_dir(out, cell) / "report.json"
+    report = layout.eval_dir(out, cell) / "report.json"
     backup = report.with_suffix(".bak")
     report.rename(backup)
     calls = []
     real_train = runner.train
     monkeypatch.setattr(runner, "train", lambda *a, **k: calls.append(k) or real_train(*a, **k))
     try:
-        assert runner.cell_state(out, cell) == "evaluate"
+        assert layout.cell_state(out, cell) == "evaluate"
         result = reproduce("table2", out_dir=out, data_dir=cifar10_dir, **KW)
         assert result.ran == [cell.run_id] and calls == []  # training had finished: only the evaluation ran
         assert report.is_file()
@@ -119,7 +120,7 @@ def test_interrupted_training_resumes(cifar10_dir: Path, tmp_path: Path, monkeyp
     kw = {**KW, "models": ["resnet50"], "seeds": [0], "epochs": 2}
     with pytest.raises(KeyboardInterrupt):
         reproduce("table2", out_dir=tmp_path, data_dir=cifar10_dir, **kw)
-    assert runner.cell_state(tmp_path, cell) == "resume"
+    assert layout.cell_state(tmp_path, cell) == "resume"
     monkeypatch.undo()
     monkeypatch.setattr(runner, "train", stop_after_one_epoch)
     result = reproduce("table2", out_dir=tmp_path, data_dir=cifar10_dir, **kw)
@@ -151,6 +152,33 @@ def test_a_different_recipe_in_the_same_folder_is_refused(table2_mini, cifar10_d
     out, _ = table2_mini
     with pytest.raises(ConfigError, match="another recipe.*train.epochs: 1 -> 2"):
         reproduce("table2", out_dir=out, data_dir=cifar10_dir, **{**KW, "epochs": 2})
+
+
+def test_a_typo_in_set_fails_before_anything_is_listed_or_written(cifar10_dir: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "typo"
+    argv = ["reproduce", "fig6", "--data-dir", str(cifar10_dir), "--out-dir", str(out), "--scale", "mini",
+            "--seeds", "0", "--set", "train.epochz=1"]
+    for extra in (["--dry-run"], []):
+        assert main([*argv, *extra]) == 1
+        captured = capsys.readouterr()
+        assert "unknown key train.epochz; did you mean train.epochs?" in captured.err.strip().splitlines()[-1]
+        assert "the recipe of cifar10-at-dsnet4-seed0 is not valid" in captured.err
+        assert "cells" not in captured.out and not out.exists()
+
+
+def test_a_cell_that_has_not_trained_takes_a_new_recipe(cifar10_dir: Path, tmp_path: Path) -> None:
+    kw = dict(scale="mini", seeds=[0], datasets=["cifar10"], models=["dsnet4"])
+    old = build_grid("fig6", **kw)
+    new = build_grid("fig6", **kw, overrides=["train.epochs=3"])
+    runner._write_cell(old[0], tmp_path, cifar10_dir)
+    runner.check_recipes(new, tmp_path)  # nothing trained yet: the corrected recipe is taken
+    runner._write_cell(new[0], tmp_path, cifar10_dir)
+    stored = json.loads((cell_dir(tmp_path, new[0]) / "cell.json").read_text())
+    assert stored["recipe"]["train"]["epochs"] == 3
+    (cell_dir(tmp_path, new[0]) / "train").mkdir()
+    (cell_dir(tmp_path, new[0]) / "train" / "last.pt").write_bytes(b"trained")
+    with pytest.raises(ConfigError, match="trained with another recipe.*train.epochs: 3 -> 2"):
+        runner.check_recipes(old, tmp_path)
 
 
 def test_derived_recipes_prune_and_reuse_the_parent(table2_mini) -> None:

@@ -8,15 +8,20 @@ n-th write of that file by this process (1-based), so a test can put a kill exac
 - `rename`: the temporary file is complete and synced, just before it is renamed into place;
 - `after`: just after the rename (the write is complete, the next step never starts).
 
+With `DSNET_TEST_PAUSE=<file name>:<n>:<marker>` it pauses in the n-th write of that file instead, until the test
+creates the marker file: a second process can then meet the first one at a known point (the folder locks).
+
 `rename` and `after` work for any file written through `os.replace` (checkpoints, `eval_state.json`). Nothing in
 `src/` knows about this: the launcher wraps `save_checkpoint`, `torch.save` and `os.replace` in its own process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,6 +36,7 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 KILL_ENV = "DSNET_TEST_KILL"
+PAUSE_ENV = "DSNET_TEST_PAUSE"
 
 
 if str(HERE.parent) not in sys.path:  # run as a script (the launcher below), tests/ is not on the path
@@ -83,8 +89,12 @@ def assert_one_line_error(code: int, err: str, *fragments: str) -> str:
 
 
 def folder_snapshot(folder: Path) -> dict[str, bytes]:
-    """Every file under `folder` (relative name -> bytes), to show that a failed command changed nothing."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    """Every file under `folder` (relative name -> bytes), to show that a failed command changed nothing.
+
+    The folder's `.lock` is left out: it holds no data, only the PID of the last process that took the lock.
+    """
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
 
 
 def assert_nothing_lost(before: dict[str, bytes], folder: Path, may_change: tuple[str, ...] = ()) -> None:
@@ -102,6 +112,39 @@ def assert_nothing_lost(before: dict[str, bytes], folder: Path, may_change: tupl
             assert after[name] == content, f"{name} was changed"
 
 
+@contextlib.contextmanager
+def tiny_filesystem(folder: Path, size: str) -> Iterator[Path]:
+    """A real file system of `size` bytes (a tmpfs) mounted at `folder`, so that a test meets a real full disk;
+    the test is skipped, with the reason, where mounting is not allowed (it needs root or CAP_SYS_ADMIN)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mount = shutil.which("mount")
+    if mount is None:
+        pytest.skip("a real full disk needs a tiny tmpfs, and this machine has no mount command")
+    done = subprocess.run([mount, "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        pytest.skip(f"a real full disk needs a tiny tmpfs, and mounting one is not allowed here "
+                    f"({done.stderr.strip() or 'mount failed'})")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def fill_disk(folder: Path, leave: int = 0) -> Path:
+    """Fills the file system under `folder` until `leave` bytes are free (at its block size); returns the filler."""
+    filler = folder / "filler.bin"
+    with open(filler, "ab") as handle:
+        while shutil.disk_usage(folder).free > leave:
+            chunk = max(min(shutil.disk_usage(folder).free - leave, 1 << 20), 1)
+            try:
+                handle.write(b"\0" * chunk)
+                handle.flush()
+            except OSError:
+                break
+    return filler
+
+
 def write_recipe(path: Path, recipe: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return path
@@ -111,6 +154,7 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     """The environment of a `dsnet` child: one thread (bitwise-equal to the in-process runs) and no GPU."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1")
     env.pop(KILL_ENV, None)
+    env.pop(PAUSE_ENV, None)
     env.update(extra)
     return env
 
@@ -120,6 +164,18 @@ def launch(argv: list[str], stderr_path: Path, cwd: Path, **env: str) -> subproc
     with open(stderr_path, "wb") as err:
         return subprocess.Popen([sys.executable, str(HERE / "faultkit.py"), *argv], cwd=cwd, env=subprocess_env(**env),
                                 stdout=subprocess.DEVNULL, stderr=err)
+
+
+def start_paused(argv: list, tmp_path: Path, target: str) -> tuple[subprocess.Popen, Path]:
+    """Starts `dsnet <argv>` and waits until it pauses in its first write of `target` (holding its lock)."""
+    marker = tmp_path / "go"
+    process = launch(argv, tmp_path / "first.err", tmp_path, **{PAUSE_ENV: f"{target}:1:{marker}"})
+    deadline = time.monotonic() + 180
+    while not Path(f"{marker}.paused").exists():
+        assert process.poll() is None, (tmp_path / "first.err").read_text()
+        assert time.monotonic() < deadline, "the first process never reached its write"
+        time.sleep(0.05)
+    return process, marker
 
 
 def run_and_kill(argv: list[str], cwd: Path, log: Path, *, started: Callable[[str], bool], what: str,
@@ -187,7 +243,7 @@ def _install_kill_hook(spec: str) -> None:
     mode, target, nth = spec.split(":")
     if mode not in ("torn", "rename", "after"):
         raise SystemExit(f"{KILL_ENV}: unknown mode {mode!r}")
-    import dsnet.training.checkpoint as checkpoint
+    import dsnet.runtime.checkpoint as checkpoint
     import dsnet.training.trainer  # noqa: F401 - imported so that its name for save_checkpoint is patched too
 
     real_save_checkpoint, real_torch_save, real_replace = checkpoint.save_checkpoint, torch.save, os.replace
@@ -234,10 +290,32 @@ def _install_kill_hook(spec: str) -> None:
         os.replace = replace
 
 
+def _install_pause_hook(spec: str) -> None:
+    """`<file name>:<n>:<marker>`: in the n-th atomic write of that file, just before the rename, create
+    `<marker>.paused` and wait until `<marker>` exists. The process holds its folder's lock meanwhile."""
+    target, nth, marker = spec.split(":", 2)
+    real_replace = os.replace
+    state = {"writes": 0}
+
+    def replace(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
+        if Path(dst).name == target:
+            state["writes"] += 1
+            if state["writes"] == int(nth):
+                Path(marker + ".paused").write_text(str(os.getpid()))
+                deadline = time.monotonic() + 300
+                while not Path(marker).exists() and time.monotonic() < deadline:
+                    time.sleep(0.02)
+        real_replace(src, dst, *args, **kwargs)
+
+    os.replace = replace
+
+
 def _main() -> int:
     torch.set_num_threads(1)
     if os.environ.get(KILL_ENV):
         _install_kill_hook(os.environ[KILL_ENV])
+    if os.environ.get(PAUSE_ENV):
+        _install_pause_hook(os.environ[PAUSE_ENV])
     from dsnet.cli import main
 
     return main(sys.argv[1:])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import random
 import shutil
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from faultkit import (
 
 from dsnet.errors import CheckpointError
 from dsnet.models import create_model
-from dsnet.training.checkpoint import load_checkpoint, load_model_state
+from dsnet.runtime.checkpoint import load_checkpoint, load_model_state
 
 pytestmark = pytest.mark.usefixtures("fresh_cli_logging")
 
@@ -148,7 +149,8 @@ def test_load_model_state_names_both_models(trained: dict, name: str, kwargs: di
         load_model_state(model, bare)
 
 
-@pytest.mark.parametrize("damage", ["empty", "first_kb", "half", "last_bytes_cut", "flipped_middle"])
+@pytest.mark.parametrize("damage", ["empty", "first_kb", "half", "last_bytes_cut", "flipped_middle", "random_bytes",
+                                    "plain_pickle"])
 def test_truncated_or_corrupt_checkpoint_gets_one_line(trained: dict, tmp_path: Path, capsys, damage: str) -> None:
     run = _copy_run(trained, tmp_path)
     data = bytearray((run / "last.pt").read_bytes())
@@ -159,11 +161,14 @@ def test_truncated_or_corrupt_checkpoint_gets_one_line(trained: dict, tmp_path: 
         "last_bytes_cut": data[:-100],
         "flipped_middle": data[: len(data) // 2] + bytes(b ^ 0xFF for b in data[len(data) // 2: len(data) // 2 + 64])
         + data[len(data) // 2 + 64:],
+        "random_bytes": random.Random(0).randbytes(len(data)),
+        "plain_pickle": pickle.dumps({"epoch": 2, "model": [1.0, 2.0]}, protocol=4),  # harmless, just not torch's
     }[damage]
     (run / "last.pt").write_bytes(bytes(damaged))
     before = folder_snapshot(run)
     code, _, err = run_cli(_resume_argv(trained, tmp_path, run), capsys)
-    assert_one_line_error(code, err, "last.pt", "corrupt")
+    message = assert_one_line_error(code, err, "last.pt", "corrupt")
+    assert "could run code" not in message and "refusing" not in message, "a damaged file is not an unsafe one"
     assert_nothing_lost(before, run)
     code, _, err = run_cli(_eval_argv(trained, tmp_path, run / "last.pt"), capsys)
     assert_one_line_error(code, err, "last.pt", "corrupt")

@@ -9,7 +9,6 @@ the dataset is read. No test reaches the network.
 
 from __future__ import annotations
 
-import errno
 import io
 import os
 import shutil
@@ -138,6 +137,9 @@ def test_wrong_md5_of_a_download(case: dict, capsys, monkeypatch: pytest.MonkeyP
     ("model.name=dsnet_tiyn", ("unknown model 'dsnet_tiyn'", "dsnet_tiny")),
     ("model.kwargs.blocks=[residual,mbconvv]", ("unknown atomic block 'mbconvv'", "mbconv")),
     ("model.kwargs.widht=8", ("model.kwargs of dsnet_tiny", "widht")),
+    ("model.kwargs.widht=8", ("'widht' is not an argument of DSNet", "did you mean 'width'?", "valid: width,")),
+    ("model.kwargs.width=abc", ("model.kwargs of dsnet_tiny", "width must be an integer, got 'abc'")),
+    ("model.kwargs.attention_init=foo", ("unknown attention_init 'foo'", "valid: normal, uniform, lognormal")),
     ("objective.name=tradez", ("unknown objective 'tradez'", "trades")),
     ("objective.betaa=6", ("no parameter 'betaa'", "beta")),
     ("data.dataset=cifar11", ("unknown dataset 'cifar11'", "cifar10")),
@@ -154,6 +156,8 @@ def test_unknown_names_suggest_the_right_one(case: dict, capsys, override: str, 
     (["--preset", "papper"], ()),  # argparse's own choices: exit 2, checked below
     (["--trained-with", "tradez"], ("tradez", "--trained-with")),
     (["--dataset", "cifar11"], ("unknown dataset 'cifar11'", "cifar10")),
+    (["--device", "cuda:63"], ("--device cuda:63", "visible GPU", "--device auto or cpu")),
+    (["--device", "tpu"], ("--device 'tpu' is not a device",)),
 ])
 def test_eval_unknown_names(case: dict, capsys, extra: list[str], fragments: tuple[str, ...]) -> None:
     argv = ["eval", "--checkpoint", case["run"] / "last.pt", "--data-dir", case["data"], "--out-dir",
@@ -185,6 +189,8 @@ def test_eval_unknown_names(case: dict, capsys, extra: list[str], fragments: tup
     (["model.kwargs.width=-4"], ("width", ">= 1")),
     (["train.device=tpu"], ("train.device", "cpu")),
     (["train.device=cuda:7"], ("train.device", "GPU")),
+    (["optim.attention_betas=[0.5,0.9,0.1]"], ("optim.attention_betas must be a list of 2 values, got 3",)),
+    (["optim.attention_betas=[0.5]"], ("optim.attention_betas must be a list of 2 values, got 1",)),
 ])
 def test_out_of_range_hyper_parameters(case: dict, capsys, overrides: list[str], fragments: tuple[str, ...]) -> None:
     extra = [arg for override in overrides for arg in ("--set", override)]
@@ -201,6 +207,12 @@ def test_bad_recipe_files(case: dict, capsys) -> None:
     scalar = case["tmp"] / "scalar.yaml"
     scalar.write_text("dsnet_tiny\n")
     _fails_cleanly(case, capsys, ["--config", scalar], "must hold a mapping of sections")
+    _fails_cleanly(case, capsys, ["--config", case["tmp"]], "is a folder, not a recipe file", "configs/")
+    for empty in ("", "# a recipe to write later\n", "{}\n"):
+        blank = case["tmp"] / "blank.yaml"
+        blank.write_text(empty)
+        _fails_cleanly(case, capsys, ["--config", blank], "blank.yaml is empty", "120-epoch run",
+                       "configs/quickstart.yaml")
 
 
 # ------------------------------------------------------------------------------------------------- the disk
@@ -234,45 +246,11 @@ def test_read_only_output_folder(case: dict, capsys) -> None:
         folder.chmod(0o700)
 
 
-def test_full_disk_while_writing_a_checkpoint(case: dict, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The disk fills up halfway through the checkpoint: the previous one is intact, the half-written one is
-    gone, and `--resume` after freeing space finishes the run."""
-    real_save = torch.save
-
-    def save_until_full(obj, f, *args, **kwargs):  # noqa: ANN001, ANN202
-        if not hasattr(f, "write"):
-            return real_save(obj, f, *args, **kwargs)
-        buffer = io.BytesIO()
-        real_save(obj, buffer, *args, **kwargs)
-        f.write(buffer.getvalue()[:1000])
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    monkeypatch.setattr(torch, "save", save_until_full)
-    _fails_cleanly(case, capsys, [], "no space left on device", "previous checkpoint is unchanged",
-                   "free disk space", "--resume", may_change=STARTED)
-    assert not [p.name for p in case["run"].iterdir() if p.name.endswith(".tmp")]
-    monkeypatch.setattr(torch, "save", real_save)
-    code, _, err = run_cli(case["argv"], capsys)
-    assert code == 0, err
-    assert load_weights_only(case["run"] / "last.pt")["epoch"] == 3
-
-
-def test_full_disk_while_writing_metrics(case: dict, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
-    from dsnet.training.metrics import MetricsWriter
-
-    def write(self: MetricsWriter, row: dict) -> None:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
-
-    monkeypatch.setattr(MetricsWriter, "write", write)
-    _fails_cleanly(case, capsys, [], "no space left on device", "metrics.jsonl", "free disk space", "--resume",
-                   may_change=STARTED)
-
-
 # ------------------------------------------------------------------------------------------------- NaN loss
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(case: dict, capsys) -> None:
-    _fails_cleanly(case, capsys, ["--set", "optim.lr=1e30", "--set", "train.log_every=1"],
+    _fails_cleanly(case, capsys, ["--set", "optim.lr=1e30", "--allow-change", "optim.lr", "--set", "train.log_every=1"],
                    "became nan", "last good checkpoint", "lower optim.lr", "--resume", may_change=STARTED)
 
 
@@ -289,7 +267,8 @@ def test_weights_that_blow_up_at_the_last_step_are_not_saved(case: dict, capsys)
 
     handle = register_optimizer_step_post_hook(overflow)
     try:
-        _fails_cleanly(case, capsys, ["--set", "train.max_steps_per_epoch=1"], "model weights became nan",
+        _fails_cleanly(case, capsys, ["--set", "train.max_steps_per_epoch=1", "--allow-change", "train"],
+                       "model weights became nan",
                        "last good checkpoint", "lower optim.lr", may_change=STARTED)
     finally:
         handle.remove()
@@ -303,3 +282,69 @@ def test_nan_loss_in_a_fresh_run_says_no_checkpoint_was_written(case: dict, caps
     code, _, err = run_cli([*case["argv"][:-3], "--out-dir", run, "--set", "optim.lr=1e30", "--set",
                             "train.log_every=1"], capsys)
     assert_one_line_error(code, err, "became nan", "no checkpoint was written yet")
+
+
+# ------------------------------------------------------------------------------------ files given as arguments
+
+
+@pytest.mark.parametrize("kind", ["random_bytes", "unsafe"])
+def test_attention_init_file_is_loaded_safely_before_the_data(case: dict, capsys, kind: str) -> None:
+    """`model.kwargs.attention_init=<file>` goes through the checkpoint loader, at config time."""
+    path = case["tmp"] / "attention.pt"
+    marker = case["tmp"] / "ran"
+    if kind == "unsafe":
+        class RunsCode:
+            def __reduce__(self):  # noqa: ANN204
+                return os.system, (f"touch {marker}",)
+
+        torch.save({"attention": RunsCode()}, path)
+        fragments: tuple[str, ...] = ("refusing to load", "attention.pt", "could run code")
+    else:
+        path.write_bytes(os.urandom(4096))
+        fragments = ("attention file", "attention.pt", "corrupt")
+    message = _fails_cleanly(case, capsys, ["--set", f"model.kwargs.attention_init={path}"], *fragments)
+    assert message.startswith("dsnet: error: model.kwargs of dsnet_tiny")  # the config check, before any data
+    assert "could run code" in message or "could run code" not in fragments
+    assert not marker.exists()
+
+
+def test_missing_file_in_a_partly_present_dataset_is_named(case: dict, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lost middle batch with downloads on and no network: the error names the missing file."""
+    from urllib.error import URLError
+
+    def offline(request, timeout: float | None = None):  # noqa: ANN001, ANN202
+        raise URLError("network is unreachable")
+
+    monkeypatch.setattr(dsnet.data.download, "urlopen", offline)
+    _batch(case, "data_batch_3").unlink()
+    _fails_cleanly(case, capsys, ["--set", "data.download=true"], "data_batch_3 is missing", "the other files are there",
+                   "network is unreachable")
+
+
+@pytest.mark.parametrize("command", ["eval", "export"])
+def test_eval_and_export_out_dir_that_is_a_file(case: dict, capsys, command: str) -> None:
+    blocker = case["tmp"] / "a-file"
+    blocker.write_text("not a folder")
+    argv = [command, "--checkpoint", case["run"] / "last.pt", "--out-dir", blocker]
+    if command == "eval":
+        argv += ["--data-dir", case["data"], "--attacks", "clean", "--no-progress"]
+    code, _, err = run_cli(argv, capsys)
+    assert_one_line_error(code, err, "cannot write to --out-dir", "it is a file, not a folder", "writable folder")
+    assert "loaded" not in err, "the out-dir is checked before anything is loaded"
+    assert blocker.read_text() == "not a folder"
+    code, _, err = run_cli([*argv[:argv.index("--out-dir") + 1], blocker / "sub", *argv[argv.index(blocker) + 1:]],
+                           capsys)
+    assert_one_line_error(code, err, "cannot write to --out-dir", "writable folder")
+
+
+def test_export_of_a_report_without_autoattack_writes_nothing(case: dict, capsys) -> None:
+    evaluated = case["tmp"] / "eval"
+    code, _, err = run_cli(["eval", "--checkpoint", case["run"] / "last.pt", "--data-dir", case["data"], "--out-dir",
+                            evaluated, "--attacks", "clean", "fgsm", "--n-examples", "4", "--no-sanity", "--no-progress"],
+                           capsys)
+    assert code == 0, err
+    out = case["tmp"] / "export"
+    code, _, err = run_cli(["export", "--checkpoint", case["run"] / "last.pt", "--out-dir", out, "--report",
+                            evaluated / "report.json"], capsys)
+    assert_one_line_error(code, err, "no AutoAttack result")
+    assert not any(out.iterdir()), "the refusal came after writing the model files"

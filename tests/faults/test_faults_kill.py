@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import random
+import shlex
 import signal
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from faultkit import (
     load_weights_only,
     run_and_kill,
     small_cifar10,
+    start_paused,
     tiny_recipe,
     write_recipe,
 )
@@ -116,3 +118,21 @@ def test_run_killed_five_times_ends_with_the_weights_of_an_uninterrupted_run(ref
     assert [r["train_loss"] for r in rows] == [r["train_loss"] for r in reference["result"].history]
     leftovers = [p.name for p in run.iterdir() if p.name.endswith(".tmp") or p.name.endswith(".part")]
     assert not leftovers, f"temporary files left behind: {leftovers}"
+
+
+def test_ctrl_c_names_the_command_that_continues(reference: dict, tmp_path: Path) -> None:
+    """SIGINT (Ctrl-C) in the middle of a checkpoint write: exit 130, one line with the --resume command, no torn
+    file, and that command finishes the run with the weights of the uninterrupted one."""
+    recipe = write_recipe(tmp_path / "recipe.yaml", kill_recipe())
+    run = tmp_path / "run"
+    argv = ["train", "--config", recipe, "--data-dir", reference["data"], "--out-dir", run]
+    process, _ = start_paused(argv, tmp_path, "last.pt")
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=60) == 130
+    last = (tmp_path / "first.err").read_text().strip().splitlines()[-1]
+    assert last.startswith("dsnet: interrupted; nothing finished is lost, continue with: dsnet train --config")
+    assert last.endswith(f"--out-dir {run} --resume"), last
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+    command = shlex.split(last.split("continue with: ", 1)[1])[1:]
+    assert run_and_kill(command, tmp_path, tmp_path / "continue.err", started=lambda _: True, what="started") == 0
+    assert_same_tensors(load_weights_only(run / "last.pt")["model"], load_weights_only(reference["run"] / "last.pt")["model"])

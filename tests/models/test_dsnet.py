@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from dsnet.errors import ConfigError, UnknownNameError
-from dsnet.models import BLOCKS, DSNet, create_model, list_models, register_block, split_parameters
+from dsnet.models import BLOCKS, create_model, list_models, register_block, split_parameters
 from dsnet.models.atomic_blocks import AdaRKBlock, DenseBlock, ReductionBlock
 from dsnet.models.dsnet import ATTENTION_INITS, pruned_config, width_for_params
 from dsnet.models.profile import count_parameters

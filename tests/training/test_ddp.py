@@ -26,7 +26,7 @@ from dsnet_testing import tiny_recipe, write_cifar10_folder
 from dsnet.config import config_from_dict
 from dsnet.data import ImageSplit
 from dsnet.models import create_model
-from dsnet.training.checkpoint import load_checkpoint
+from dsnet.runtime.checkpoint import load_checkpoint
 from dsnet.training.trainer import evaluate_robustness, train
 
 # Float32 sums in another order (two half batches, gloo's all-reduce) differ by ~1e-7 relative; BN's centring
@@ -98,10 +98,11 @@ def test_torchrun_two_processes_match_one_process(data_300: Path, tmp_path: Path
     # Rank 0 alone logged, printed and wrote files.
     assert done.stdout.count("done: 2 epochs") == 1
     assert done.stderr.count("epoch 1 |") == 1
+    assert done.stderr.count("loaded cifar10 train") == 1, done.stderr  # rank 1 does not repeat rank 0's lines
     log = (tmp_path / "two" / "train.log").read_text()
     assert log.count("epoch 1 |") == 1 and "2 process(es)" in log
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(
-        ["config.yaml", "train.log", "metrics.jsonl", "last.pt", "selected.pt"])
+        [".lock", "config.yaml", "train.log", "metrics.jsonl", "last.pt", "selected.pt"])
 
 
 def _free_port() -> int:
@@ -140,7 +141,7 @@ def _evaluate_worker(rank: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
-        from dsnet.training.distributed import DistributedContext
+        from dsnet.runtime.distributed import DistributedContext
 
         ctx = DistributedContext(rank, 2, rank, torch.device("cpu"))
         model = _CountingModel(_model())

@@ -26,7 +26,7 @@ from dsnet.config import config_from_dict
 from dsnet.models import create_model
 from dsnet.models.dsnet import DSNet
 from dsnet.training import fast_path
-from dsnet.training.checkpoint import load_checkpoint
+from dsnet.runtime.checkpoint import load_checkpoint
 from dsnet.training.fast_path import EagerFallback, compile_regions, resolve_channels_last, resolve_compile
 from dsnet.training.trainer import train
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
 from pathlib import Path
 
 import pytest
@@ -14,12 +16,12 @@ from dsnet_testing import tiny_recipe
 from dsnet.cli import main
 from dsnet.config import config_from_dict
 from dsnet.errors import CheckpointError, ConfigError, TrainingDivergedError
-from dsnet.training.checkpoint import load_checkpoint
+from dsnet.runtime.checkpoint import load_checkpoint
 from dsnet.training.trainer import train
 
 
-def _train(data: Path, out: Path, resume: bool = False, **sections: dict):
-    return train(config_from_dict(tiny_recipe(**sections)), data, out, resume=resume)
+def _train(data: Path, out: Path, resume: bool = False, allow_changes: tuple[str, ...] = (), **sections: dict):
+    return train(config_from_dict(tiny_recipe(**sections)), data, out, resume=resume, allow_changes=allow_changes)
 
 
 def test_training_lowers_the_loss_and_writes_the_run_folder(cifar10_dir: Path, tmp_path: Path) -> None:
@@ -55,6 +57,7 @@ def test_resumed_run_ends_with_identical_weights(cifar10_dir: Path, tmp_path: Pa
     _train(cifar10_dir, tmp_path / "part", train={"epochs": 1})
     resumed = _train(cifar10_dir, tmp_path / "part", resume=True, train={"epochs": 3})
     assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
+    assert "after epoch 1: continuing with epoch 2 of 3" in (tmp_path / "part" / "train.log").read_text()
     a = load_checkpoint(tmp_path / "full" / "last.pt")["model"]
     b = load_checkpoint(tmp_path / "part" / "last.pt")["model"]
     for key in a:
@@ -78,8 +81,8 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(cifar10_dir:
     _train(cifar10_dir, tmp_path / "run", train={"epochs": 1})
     good = load_checkpoint(tmp_path / "run" / "last.pt")
     with pytest.raises(TrainingDivergedError, match="last good checkpoint"):
-        _train(cifar10_dir, tmp_path / "run", resume=True, train={"epochs": 2, "log_every": 1},
-               optim={"lr": 1e30})
+        _train(cifar10_dir, tmp_path / "run", resume=True, allow_changes=("optim.lr",),
+               train={"epochs": 2, "log_every": 1}, optim={"lr": 1e30})
     kept = load_checkpoint(tmp_path / "run" / "last.pt")
     assert kept["epoch"] == good["epoch"]
     assert all(torch.equal(kept["model"][k], good["model"][k]) for k in good["model"])
@@ -110,3 +113,42 @@ def test_cli_missing_data_gives_one_line(tmp_path: Path, capsys: pytest.CaptureF
     err = capsys.readouterr().err.strip()
     assert code == 1 and err.startswith("dsnet: error:") and len(err.splitlines()) == 1
     assert "download" in err
+
+
+def test_files_follow_the_umask(cifar10_dir: Path, tmp_path: Path) -> None:
+    old = os.umask(0o027)
+    try:
+        _train(cifar10_dir, tmp_path / "run", train={"epochs": 1})
+    finally:
+        os.umask(old)
+    for name in ("last.pt", "selected.pt", "config.yaml", "metrics.jsonl", "train.log"):
+        assert (tmp_path / "run" / name).stat().st_mode & 0o777 == 0o640, name
+
+
+def test_progress_lines_when_the_output_is_not_a_terminal(cifar10_dir: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A log file or a cluster job gets a timed progress line (step, img/s, loss, ETA), and the recipe goes to
+    config.yaml rather than into one long log line."""
+    from dsnet.training import progress
+
+    monkeypatch.setattr(progress, "PROGRESS_INTERVAL_S", 0.0)  # a line at every step instead of every minute
+    _train(cifar10_dir, tmp_path / "run", train={"epochs": 2, "progress": True})
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert re.search(r"epoch 1/2 step 1/5 \| \d+ img/s \| loss \d+\.\d{3} \| ETA (\?|\d+ s)", log), log
+    assert "epoch 2/2 step 5/5" in log
+    assert f"the resolved recipe is {tmp_path / 'run' / 'config.yaml'}" in log
+    assert max(len(line) for line in log.splitlines()) < 300
+
+
+def test_progress_eta_covers_the_whole_run() -> None:
+    from dsnet.training.progress import TrainingProgress, format_duration
+
+    now = [0.0]
+    bar = TrainingProgress(enabled=True, epochs=3, steps_per_epoch=10, first_epoch=1, terminal=False,
+                           clock=lambda: now[0])
+    bar.start_epoch(1, 0)
+    for step in range(1, 6):
+        now[0] += 2.0
+        bar.step(step, 100.0, loss=lambda: 1.0, accuracy=lambda: 0.5, log_step=False)
+    assert bar.eta_s(1, 5) == pytest.approx(2.0 * (5 + 2 * 10))  # 5 steps left in epoch 1, two more epochs
+    assert format_duration(50) == "50 s" and format_duration(1500) == "25 min" and format_duration(9000) == "2.5 h"

@@ -75,7 +75,7 @@ def read_attention(source: str | Path, epoch: int | None = None) -> AttentionRun
         CheckpointError: the source holds no DS-Net attention weights.
         ConfigError: `epoch` is not in `metrics.jsonl`.
     """
-    from dsnet.training.checkpoint import load_checkpoint
+    from dsnet.runtime.checkpoint import load_checkpoint
 
     label = run_label(source)
     if epoch is not None:

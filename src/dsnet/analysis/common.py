@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -13,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from dsnet.errors import CheckpointError, ConfigError
+from dsnet.training.metrics import read_metrics
 
 __all__ = [
     "resolve_checkpoint",
@@ -79,19 +79,6 @@ def run_label(path: str | Path) -> str:
     if path.is_file():
         path = path.parent
     return path.parent.name if path.name == "train" else path.name
-
-
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The rows of a run's `metrics.jsonl` (empty when the file is missing)."""
-    run_dir = Path(run_dir)
-    if run_dir.is_file():
-        run_dir = run_dir.parent
-    if not (run_dir / "metrics.jsonl").is_file() and (run_dir / "train" / "metrics.jsonl").is_file():
-        run_dir = run_dir / "train"
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def sample_batches(

@@ -13,7 +13,8 @@ How the adapter differs from calling `pyautoattack.AutoAttack.run_standard_evalu
   therefore identical to a direct call (a test checks this), and we keep what the reference only logs: the
   robust accuracy after every attack, and which attack broke each point.
 - Device and seed are explicit; the call runs inside `torch.random.fork_rng`, because the reference reseeds
-  the global RNG at every batch; the model runs in eval mode with autocast off, and gets its modes back.
+  the global RNG at every batch; the model runs in eval mode with autocast off, and gets its modes back; its
+  parameters are frozen meanwhile, so FAB's backward passes leave no `.grad` behind.
 - The reference's check warnings (randomised or dynamic defence, softmax output, zero gradients, Square
   beating the white-box attacks, too few classes) are captured from the `auto-attack` logger and from Python
   `warnings`, and returned in the result.
@@ -31,7 +32,6 @@ How the adapter differs from calling `pyautoattack.AutoAttack.run_standard_evalu
 from __future__ import annotations
 
 import copy
-import hashlib
 import importlib
 import logging
 import math
@@ -39,7 +39,7 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,8 +50,12 @@ import torch
 import torch.nn as nn
 
 from dsnet.attacks.base import Attack, check_inputs, check_int, check_real
-from dsnet.attacks.core import eval_mode
-from dsnet.errors import ConfigError, DsnetError
+from dsnet.attacks.core import eval_mode, frozen_parameters
+from dsnet.errors import CheckpointError, ConfigError, DsnetError
+from dsnet.runtime.checkpoint import load_tensors_file
+from dsnet.runtime.files import save_torch_atomic
+from dsnet.runtime.hashing import tensors_sha256
+from dsnet.runtime.records import SAVED_NOW, differences
 
 __all__ = ["AutoAttack", "AutoAttackResult", "AUTOATTACK_VERSIONS"]
 
@@ -247,9 +251,7 @@ class _State:
             "adv_index": kept.cpu(),
             "adv_values": x_adv[kept].cpu(),
         }
-        temporary = self.path.with_name(self.path.name + ".tmp")
-        torch.save(payload, temporary)
-        os.replace(temporary, self.path)
+        save_torch_atomic(payload, self.path, hint="free disk space and rerun the evaluation to resume")
 
     @classmethod
     def open(cls, path: Path | None, key: dict[str, Any], x_adv: torch.Tensor) -> _State:
@@ -257,15 +259,14 @@ class _State:
         if path is None or not path.exists():
             return cls(path=path, key=key)
         try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:
-            raise ConfigError(f"AutoAttack state {path} cannot be read ({error}); delete it to start over") from error
+            payload = load_tensors_file(path, what="AutoAttack state")
+        except CheckpointError as error:
+            raise ConfigError(f"{error}; or delete it to start over") from None
         if not isinstance(payload, dict) or payload.get("format") != _STATE_FORMAT:
             raise ConfigError(f"{path} is not a dsnet AutoAttack state file; delete it or pass another state_path")
-        saved = payload["key"]
-        different = sorted(k for k in set(saved) | set(key) if saved.get(k) != key.get(k))
+        different = differences(payload["key"], key, template=SAVED_NOW, nested=False)
         if different:
-            details = ", ".join(f"{k}: saved {saved.get(k)!r}, now {key.get(k)!r}" for k in different)
+            details = ", ".join(different)
             raise ConfigError(
                 f"AutoAttack state {path} belongs to another evaluation ({details}); "
                 "delete it or pass another state_path"
@@ -288,16 +289,6 @@ class _State:
         index = payload["adv_index"].to(device)
         x_adv[index] = payload["adv_values"].to(device=device, dtype=x_adv.dtype)
         return state
-
-
-def _fingerprint(tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
-    """A hash of named tensors (the points, or a model's state dict), so a state file is never applied to
-    other data or another model."""
-    digest = hashlib.sha256()
-    for name, tensor in tensors:
-        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
-        digest.update(tensor.detach().reshape(-1).cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _add_once(messages: list[str], message: str) -> None:
@@ -459,8 +450,8 @@ class AutoAttack(Attack):
         key: dict[str, Any] = {"eps": self.eps, "version": self.version, "seed": self.seed, "norm": "Linf",
                                "batch_size": batch_size, "n": n}
         if path is not None:
-            key["data_sha256"] = _fingerprint([("x", x), ("y", y)])
-            key["model_sha256"] = _fingerprint(model.state_dict().items())
+            key["data_sha256"] = tensors_sha256([("x", x), ("y", y)])
+            key["model_sha256"] = tensors_sha256(model.state_dict().items())
         x_adv = x.clone()
         state = _State.open(path, key, x_adv)
         if state.resumed:
@@ -468,6 +459,9 @@ class AutoAttack(Attack):
 
         with ExitStack() as stack:
             stack.enter_context(eval_mode(model))
+            # FAB calls backward(): with the parameters frozen it differentiates the input only, and a trainable
+            # model's .grad fields stay as the caller left them.
+            stack.enter_context(frozen_parameters(model))
             stack.enter_context(torch.random.fork_rng(devices=_rng_devices(device)))
             stack.enter_context(torch.autocast(device_type=device.type, enabled=False))
             package_dir = os.path.dirname(os.path.abspath(reference.__file__))

@@ -449,13 +449,19 @@ def load_dataset(
     present = [(base / rel).is_file() for rel in files]
     leading = present.index(False) if False in present else len(files)
     if leading == 0 or any(present[leading:]):  # nothing there, or a gap: a file was lost
+        missing = ", ".join(rel for rel, ok in zip(files, present) if not ok)
+        command = DOWNLOAD_COMMAND.format(name=name, root=base)
         if not download:
-            missing = ", ".join(rel for rel, ok in zip(files, present) if not ok)
-            command = DOWNLOAD_COMMAND.format(name=name, root=base)
             raise DataError(
                 f"{name} {split}: missing {missing} under {base}; run `{command}` or load with download=True"
             )
-        download_dataset(name, base, split, progress=progress)
+        try:
+            download_dataset(name, base, split, progress=progress)
+        except DataError as error:
+            if not any(present):
+                raise
+            raise DataError(f"{name} {split}: {missing} is missing under {base} (the other files are there), and "
+                            f"fetching it failed: {error}") from None
     elif leading < len(files):
         # Only the last files are absent, as in a subset made from the first batches (e.g. a small sample of
         # CIFAR-10): read what is there rather than download over the user's folder.

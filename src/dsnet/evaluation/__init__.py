@@ -24,7 +24,6 @@ _EXPORTS = {
     "ExportResult": "export",
     "load_model_for_evaluation": "loading",
     "LoadedModel": "loading",
-    "state_dict_sha256": "loading",
     "select_points": "points",
     "shard_positions": "points",
     "PointSelection": "points",

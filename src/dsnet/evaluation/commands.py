@@ -47,6 +47,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                         help="paper: eps 0.031 and the authors' steps; standard: eps 8/255 (RobustBench)")
     parser.add_argument("--out-dir", default=None, help="report folder (default: <checkpoint folder>/eval-<preset>)")
     parser.add_argument("--batch-size", type=_positive_int, default=256, help="points per batch (default 256)")
+    parser.add_argument("--autoattack-batch-size", type=_positive_int, default=None, metavar="N",
+                        help="points per AutoAttack call (default 250, the reference's; its random draws depend on it)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the subset, the attacks and the sweep (default 0)")
     parser.add_argument("--model", default=None, metavar="NAME", help="architecture of a bare state dict")
     parser.add_argument("--dataset", default=None, help="dataset (default: the checkpoint's training dataset)")
@@ -63,8 +65,12 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     """Runs `dsnet eval`; prints the summary table on rank 0."""
+    import logging
+
     from dsnet.evaluation.evaluator import evaluate
 
+    if int(os.environ.get("RANK", "0")) != 0:
+        logging.getLogger("dsnet").setLevel(logging.ERROR)  # rank 0 reports; errors still show
     report = evaluate(
         args.checkpoint,
         args.data_dir,
@@ -79,6 +85,7 @@ def run_eval(args: argparse.Namespace) -> int:
         model_name=args.model,
         dataset=args.dataset,
         trained_with=args.trained_with,
+        overrides={"autoattack": {"batch_size": args.autoattack_batch_size}} if args.autoattack_batch_size else None,
         sanity=not args.no_sanity,
         sanity_n=args.sanity_n,
         restart=args.restart,

@@ -42,7 +42,7 @@ import dsnet
 from dsnet.attacks import ATTACKS, DEFAULT_ATTACKS, PGD, PRESETS, Attack, AutoAttack, build_attacks, resolve_preset
 from dsnet.errors import ConfigError, UnknownNameError
 from dsnet.evaluation.loading import LoadedModel, load_model_for_evaluation
-from dsnet.evaluation.points import PointSelection, select_points, shard_positions
+from dsnet.evaluation.points import PointSelection, select_points
 from dsnet.evaluation.report import METRIC_ORDER, AttackOutcome, EvalReport, flags_from_string, flags_to_string
 from dsnet.evaluation.sanity import (
     SWEEP_EPS_FACTORS,
@@ -53,7 +53,18 @@ from dsnet.evaluation.sanity import (
     check_square,
 )
 from dsnet.evaluation.state import STATE_NAME, EvalState
-from dsnet.training.distributed import DistributedContext, all_reduce_sum, setup_distributed, teardown_distributed
+from dsnet.runtime.files import ensure_writable_folder
+from dsnet.runtime.lock import FolderLock
+from dsnet.runtime.precision import full_fp32
+from dsnet.runtime.distributed import (
+    DistributedContext,
+    all_reduce,
+    barrier,
+    gather_objects,
+    setup_distributed,
+    shard_positions,
+    teardown_distributed,
+)
 
 __all__ = ["evaluate", "resolve_attack_names", "default_out_dir", "SWEEP_STEPS"]
 
@@ -107,29 +118,6 @@ def _versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
-def _reduce(tensor: torch.Tensor, op: str) -> torch.Tensor:
-    """All-reduce in place with "sum", "max" or "min" (no-op on one process)."""
-    if op == "sum":
-        return all_reduce_sum(tensor)
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.MIN)
-    return tensor
-
-
-def _gather_objects(obj: Any, ctx: DistributedContext) -> list[Any]:
-    """Every rank's `obj`, in rank order (a one-element list on one process)."""
-    if not ctx.distributed:
-        return [obj]
-    gathered: list[Any] = [None] * ctx.world_size
-    dist.all_gather_object(gathered, obj)
-    return gathered
-
-
-def _barrier(ctx: DistributedContext) -> None:
-    if ctx.distributed:
-        dist.barrier()
-
-
 class _Evaluation:
     """One call of `evaluate`; a class so that every step has a name. See the module docstring."""
 
@@ -174,16 +162,16 @@ class _Evaluation:
         """Per-point values of every rank's positions as one (n,) tensor on the CPU (each position has one owner)."""
         full = torch.zeros(self.n, dtype=dtype, device=self.ctx.device)
         full[positions.to(self.ctx.device)] = local.to(device=self.ctx.device, dtype=dtype)
-        return _reduce(full, "sum").cpu()
+        return all_reduce(full, "sum").cpu()
 
     def _reduce_stats(self, stats: dict[str, torch.Tensor], eps: float) -> dict[str, Any]:
         device = self.ctx.device
         values = {
-            "max_linf": _reduce(stats["max_linf"].to(device, torch.float64), "max").item(),
-            "min_value": _reduce(stats["min_value"].to(device, torch.float64), "min").item(),
-            "max_value": _reduce(stats["max_value"].to(device, torch.float64), "max").item(),
-            "nan_count": int(_reduce(stats["nan_count"].to(device, torch.int64), "sum").item()),
-            "n_attacked": int(_reduce(stats["n_attacked"].to(device, torch.int64), "sum").item()),
+            "max_linf": all_reduce(stats["max_linf"].to(device, torch.float64), "max").item(),
+            "min_value": all_reduce(stats["min_value"].to(device, torch.float64), "min").item(),
+            "max_value": all_reduce(stats["max_value"].to(device, torch.float64), "max").item(),
+            "nan_count": int(all_reduce(stats["nan_count"].to(device, torch.int64), "sum").item()),
+            "n_attacked": int(all_reduce(stats["n_attacked"].to(device, torch.int64), "sum").item()),
         }
         if values["n_attacked"] == 0:
             values.update(max_linf=0.0, min_value=0.0, max_value=0.0)
@@ -265,9 +253,9 @@ class _Evaluation:
             self._update_stats(stats, x[broken], result.x_adv[broken])
             stats["n_attacked"] = result.clean.sum().to(torch.int64)
         fallen_at = self._gather(local, positions)
-        all_stages_run = set().union(*[set(s) for s in _gather_objects(stages_run, self.ctx)])
+        all_stages_run = set().union(*[set(s) for s in gather_objects(stages_run)])
         all_warnings: list[str] = []
-        for rank_warnings in _gather_objects(warnings, self.ctx):
+        for rank_warnings in gather_objects(warnings):
             all_warnings += [w for w in rank_warnings if w not in all_warnings]
         n = max(self.n, 1)
         stage_accuracy = {"clean": int((fallen_at != 0).sum()) / n}
@@ -324,7 +312,8 @@ def evaluate(
         n_examples: evaluate the first N points in file order (RobustBench convention).
         subset: evaluate a seeded random fraction of the points (0.125 is the paper's 12.5 %).
         split: the dataset split ("test"; SVHN also "extra").
-        batch_size: points per forward pass and per attack call (also AutoAttack's batch size).
+        batch_size: points per forward pass and per attack call. AutoAttack keeps the reference's own default of
+            250 (its random draws depend on it); `overrides={"autoattack": {"batch_size": N}}` changes it.
         seed: seed of the subset draw, of every attack and of the ε sweep.
         model_name: the architecture, for a bare state dict (`dsnet models` lists them).
         dataset: the dataset; default the checkpoint's training dataset.
@@ -358,24 +347,27 @@ def evaluate(
         raise ConfigError("--n-examples and --subset exclude each other; pass one of them")
 
     device = "auto" if device is None else str(device)
-    if device != "auto":
-        try:
-            torch.device(device)
-        except RuntimeError:
-            raise ConfigError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
     owns_group = not (dist.is_available() and dist.is_initialized())
-    ctx = setup_distributed(device)
+    ctx = setup_distributed(device, option="--device")
+    out = Path(out_dir) if out_dir is not None else default_out_dir(checkpoint, preset)
+    lock = None
     try:
-        return _evaluate(ctx, started, names, checkpoint, data_dir, out_dir, preset, n_examples, subset, split,
+        if ctx.is_main:  # before anything is loaded: a folder that cannot take the report fails in a second
+            ensure_writable_folder(out)
+            lock = FolderLock(out, "evaluation", hint="wait for it to finish, or evaluate into another --out-dir")
+            lock.acquire()
+        return _evaluate(ctx, started, names, checkpoint, data_dir, out, preset, n_examples, subset, split,
                          batch_size, seed, model_name, dataset, trained_with, dict(overrides or {}), sanity,
                          sanity_n, restart, progress)
     finally:
+        if lock is not None:
+            lock.release()
         if owns_group and ctx.distributed:
             teardown_distributed()
 
 
 def _evaluate(ctx: DistributedContext, started: float, names: list[str], checkpoint: str | Path,
-              data_dir: str | Path, out_dir: str | Path | None, preset: str, n_examples: int | None,
+              data_dir: str | Path, out: Path, preset: str, n_examples: int | None,
               subset: float | None, split: str, batch_size: int, seed: int, model_name: str | None,
               dataset: str | None, trained_with: str | None, overrides: dict[str, Any], sanity: bool,
               sanity_n: int, restart: bool, progress: bool) -> EvalReport:
@@ -383,6 +375,14 @@ def _evaluate(ctx: DistributedContext, started: float, names: list[str], checkpo
 
     loaded = load_model_for_evaluation(checkpoint, model_name=model_name, dataset=dataset,
                                        trained_with=trained_with, device=ctx.device)
+    settings = {
+        "model_name": loaded.model_name, "model_kwargs": loaded.model_kwargs, "weights_sha256": loaded.weights_sha256,
+        "dataset": loaded.dataset, "split": split, "preset": preset, "trained_with": loaded.trained_with,
+        "batch_size": batch_size, "seed": seed, "overrides": overrides,
+    }
+    state_path = out / STATE_NAME
+    if not restart:  # an earlier evaluation with other settings is refused before the data is read
+        EvalState.check(state_path, settings)
     # Several ranks downloading into one folder would race; under torchrun the data must be there already.
     data = load_dataset(loaded.dataset, data_dir, split, download=not ctx.distributed, progress=ctx.is_main)
     selection = select_points(len(data), n_examples=n_examples, subset=subset, seed=seed)
@@ -390,33 +390,23 @@ def _evaluate(ctx: DistributedContext, started: float, names: list[str], checkpo
     labels = data.labels.index_select(0, selection.indices).to(ctx.device)
     del data
 
-    out = Path(out_dir) if out_dir is not None else default_out_dir(checkpoint, preset)
     attack_names = [name for name in names if name != "clean"]
-    attack_overrides: dict[str, dict[str, Any]] = {
-        name: {"seed": seed, **({"batch_size": batch_size} if name == "autoattack" else {}),
-               **dict(overrides.get(name) or {})}
-        for name in attack_names
-    }
+    attack_overrides: dict[str, dict[str, Any]] = {name: {"seed": seed, **dict(overrides.get(name) or {})}
+                                                   for name in attack_names}
     stray = sorted(set(overrides) - set(attack_names))
     if stray:
         raise ConfigError(f"overrides for {', '.join(stray)}, which this evaluation does not run "
                           f"({', '.join(attack_names) or 'no attack'})")
     built = build_attacks(preset, loaded.trained_with, attack_names, attack_overrides) if attack_names else {}
 
-    settings = {
-        "model_name": loaded.model_name, "model_kwargs": loaded.model_kwargs, "weights_sha256": loaded.weights_sha256,
-        "dataset": loaded.dataset, "split": split, "n": selection.n, "points_sha256": selection.sha256,
-        "preset": preset, "trained_with": loaded.trained_with, "batch_size": batch_size, "seed": seed,
-        "overrides": overrides,
-    }
-    state_path = out / STATE_NAME
+    settings.update(n=selection.n, points_sha256=selection.sha256)
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
         if restart:
             state_path.unlink(missing_ok=True)
             for stale in out.glob("autoattack-state.rank*.pt"):
                 stale.unlink()
-    _barrier(ctx)
+    barrier()
     state = EvalState.open(state_path, settings, restart=restart)
     if not ctx.is_main:
         state.path = None  # rank 0 alone writes
@@ -448,7 +438,8 @@ def _evaluate(ctx: DistributedContext, started: float, names: list[str], checkpo
         outcomes.append(outcome)
         return outcome
 
-    with torch.autocast(device_type=ctx.device.type, enabled=False):
+    # True fp32: no autocast, no TF32 convolutions or matmuls (cuDNN's default on Ampere and newer GPUs).
+    with full_fp32(ctx.device.type) as math:
         clean = finish("clean", "Natural", {}, lambda: (run.clean_flags(), {}, {}))
         run.clean = clean.flags.to(ctx.device)
         for name, attack in built.items():
@@ -456,7 +447,7 @@ def _evaluate(ctx: DistributedContext, started: float, names: list[str], checkpo
                 config = {**attack.config(), "world_size": ctx.world_size}
                 aa_state = out / _AA_STATE.format(rank=ctx.rank, world=ctx.world_size)
                 finish(name, attack.label, config, lambda a=attack, p=aa_state: run.autoattack(a, p))
-                _barrier(ctx)
+                barrier()
                 aa_state.unlink(missing_ok=True)  # the result is in eval_state.json now
             else:
                 finish(name, attack.label, attack.config(),
@@ -481,7 +472,8 @@ def _evaluate(ctx: DistributedContext, started: float, names: list[str], checkpo
     report = EvalReport(
         checkpoint=str(checkpoint),
         model={"name": loaded.model_name, "kwargs": loaded.model_kwargs, "num_classes": loaded.num_classes,
-               "parameters": loaded.parameters, "weights_sha256": loaded.weights_sha256, "epoch": loaded.epoch,
+               "parameters": loaded.parameters, "weights_sha256": loaded.weights_sha256,
+               "epoch": loaded.trained_epochs,
                "trained_with": loaded.trained_with, "trained_with_source": loaded.trained_with_source},
         dataset=loaded.dataset,
         split=split,
@@ -498,7 +490,7 @@ def _evaluate(ctx: DistributedContext, started: float, names: list[str], checkpo
                "eps_sweep": seed if sanity else None},
         versions=_versions(),
         device={"type": ctx.device.type, "name": device_name, "world_size": ctx.world_size,
-                "dtype": "float32"},
+                "dtype": "float32", "math": math},
         runtime_s=time.perf_counter() - started,
         overrides={k: dict(v) for k, v in overrides.items()},
     )

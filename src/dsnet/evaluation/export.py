@@ -21,7 +21,6 @@ wrapper module: a wrapper would prefix every key (`model.stem.weight`), and Robu
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -36,7 +35,9 @@ import torch.nn as nn
 
 import dsnet
 from dsnet.errors import CheckpointError, ConfigError, DsnetError
-from dsnet.evaluation.report import dumps_json, write_text_atomic
+from dsnet.evaluation.report import dumps_json
+from dsnet.runtime.files import ensure_writable_folder, write_text_atomic
+from dsnet.runtime.hashing import file_sha256
 
 __all__ = ["export_model", "load_exported", "robustbench_claim", "with_input_normalization", "ExportResult",
            "EXPORT_FORMAT", "claim_eps"]
@@ -133,14 +134,6 @@ def robustbench_claim(report: Mapping[str, Any], *, architecture: str, additiona
     return claim
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def export_model(
     checkpoint: str | Path,
     out_dir: str | Path,
@@ -169,6 +162,7 @@ def export_model(
     """
     from dsnet.evaluation.loading import load_model_for_evaluation
 
+    out = ensure_writable_folder(out_dir)  # before anything is loaded
     loaded = load_model_for_evaluation(checkpoint, model_name=model_name, dataset=dataset, device="cpu")
     name = name or loaded.model_name
     if not _NAME.match(name):
@@ -185,18 +179,20 @@ def export_model(
         if evaluated != loaded.weights_sha256:
             raise ConfigError(f"{report_path} evaluated other weights than {checkpoint} (sha256 {str(evaluated)[:12]} "
                               f"vs {loaded.weights_sha256[:12]}); run `dsnet eval` on this checkpoint first")
+    claim = None
+    if report_data is not None:  # refused before any file is written
+        additional = bool(((loaded.config.get("data") or {}).get("svhn_extra")))
+        claim = robustbench_claim(report_data, architecture=loaded.model_name, additional_data=additional)
 
     state_dict = {key: value.detach().cpu().contiguous() for key, value in loaded.model.state_dict().items()}
     suspicious = [key for key in state_dict if "module." in key or "model." in key]
     if suspicious:
         logger.warning("state dict keys such as %s contain 'module.' or 'model.', which RobustBench's loader strips",
                        suspicious[0])
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     weights_path = out / f"{name}.pt"
-    from dsnet.training.checkpoint import save_checkpoint
+    from dsnet.runtime.checkpoint import save_checkpoint
 
-    save_checkpoint({"state_dict": state_dict}, weights_path)
+    save_checkpoint({"state_dict": state_dict}, weights_path, hint="free disk space and export again")
     num_channels = next(iter(t for t in state_dict.values() if t.dim() == 4)).shape[1]
     spec = {
         "format": EXPORT_FORMAT,
@@ -208,7 +204,7 @@ def export_model(
         "input": {"layout": "NCHW", "shape": [int(num_channels), 32, 32], "range": [0.0, 1.0], "dtype": "float32",
                   "normalization": {"mean": [0.0] * num_channels, "std": [1.0] * num_channels,
                                     "applied_by": "the model (forward pre-hook)"}},
-        "weights": {"file": weights_path.name, "sha256": _file_sha256(weights_path), "layout": "{'state_dict': ...}",
+        "weights": {"file": weights_path.name, "sha256": file_sha256(weights_path), "layout": "{'state_dict': ...}",
                     "tensors_sha256": loaded.weights_sha256},
         "trained_with": loaded.trained_with,
         "source_checkpoint": str(checkpoint),
@@ -231,9 +227,7 @@ def export_model(
                              "please report this")
 
     claim_path = None
-    if report_data is not None:
-        additional = bool(((loaded.config.get("data") or {}).get("svhn_extra")))
-        claim = robustbench_claim(report_data, architecture=loaded.model_name, additional_data=additional)
+    if report_data is not None and claim is not None:
         if "footnote" in claim:
             logger.warning("the report covers %s of %s test points; RobustBench expects the full test set",
                            report_data["selection"]["n"], report_data["selection"]["total"])
@@ -261,7 +255,7 @@ def load_exported(directory: str | Path, *, name: str | None = None, device: tor
             checksum, or weights of another architecture.
     """
     from dsnet.models import create_model
-    from dsnet.training.checkpoint import load_checkpoint, load_model_state
+    from dsnet.runtime.checkpoint import load_checkpoint, load_model_state
 
     folder = Path(directory)
     specs = sorted(folder.glob(f"*{_SPEC_SUFFIX}")) if name is None else [folder / f"{name}{_SPEC_SUFFIX}"]
@@ -282,7 +276,7 @@ def load_exported(directory: str | Path, *, name: str | None = None, device: tor
     weights_path = folder / spec["weights"]["file"]
     if not weights_path.is_file():
         raise CheckpointError(f"{weights_path} is missing; export the model again")
-    if _file_sha256(weights_path) != spec["weights"]["sha256"]:
+    if file_sha256(weights_path) != spec["weights"]["sha256"]:
         raise CheckpointError(f"{weights_path} does not match the checksum in {spec_path.name}; it was modified or "
                               "is corrupt")
     payload = load_checkpoint(weights_path)

@@ -14,9 +14,7 @@ input only). A checkpoint of another architecture raises `CheckpointError` namin
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,8 +23,9 @@ import torch
 import torch.nn as nn
 
 from dsnet.errors import CheckpointError, ConfigError, UnknownNameError
+from dsnet.runtime.hashing import state_dict_sha256
 
-__all__ = ["LoadedModel", "load_model_for_evaluation", "state_dict_sha256"]
+__all__ = ["LoadedModel", "load_model_for_evaluation"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +44,7 @@ class LoadedModel:
         trained_with_source: where `trained_with` came from, in words, for the report.
         checkpoint: the file it was loaded from.
         weights_sha256: hash of the stored weights (ties reports and exports to these weights).
-        epoch: training epoch of the checkpoint, when it is a training checkpoint.
+        epoch: the next epoch to train, as a training checkpoint stores it (`trained_epochs` is the one finished).
         config: the training run's resolved config, when there is one.
     """
 
@@ -62,19 +61,14 @@ class LoadedModel:
     config: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def trained_epochs(self) -> int | None:
+        """The epoch whose weights these are (a checkpoint stores the next epoch to train)."""
+        return self.epoch - 1 if self.epoch is not None else None
+
+    @property
     def parameters(self) -> int:
         """Number of parameters."""
         return sum(p.numel() for p in self.model.parameters())
-
-
-def state_dict_sha256(weights: Iterable[tuple[str, torch.Tensor]]) -> str:
-    """A SHA-256 of named tensors (names, shapes, dtypes and bytes), in the given order."""
-    digest = hashlib.sha256()
-    for name, tensor in weights:
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _dataset_classes(dataset: str) -> int:
@@ -111,7 +105,7 @@ def load_model_for_evaluation(
     """
     from dsnet.attacks import TRAINED_WITH
     from dsnet.models import create_model
-    from dsnet.training.checkpoint import load_checkpoint, load_model_state
+    from dsnet.runtime.checkpoint import load_checkpoint, load_model_state
 
     path = Path(checkpoint)
     state = load_checkpoint(path, map_location="cpu")

@@ -7,10 +7,10 @@ Two ways to choose points (SPEC.md §5, reference/eval_ecosystem.md §4.4, §7.3
 - `subset=FRACTION`: a seeded random subset of round(FRACTION · total) points, kept in file order (the
   paper's AutoAttack protocol is `subset=0.125`, 1,250 of CIFAR-10's 10,000 test points).
 
-Sharding works on blocks of `block` consecutive positions dealt round-robin to the ranks. With
-`block = batch_size` every rank's batches are exactly the batches a single process would form, and since an
-attack call is a pure function of its batch (`dsnet.attacks.Attack`), FGSM, PGD and CW∞ give the same per-point
-flags on 1 or n processes.
+Which rank takes which points is `dsnet.runtime.shard_positions` (blocks of `batch_size` points dealt
+round-robin): every rank's batches are exactly the batches a single process would form, and since an attack call
+is a pure function of its batch (`dsnet.attacks.Attack`), FGSM, PGD and CW∞ give the same per-point flags on 1 or
+n processes.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from dsnet.errors import ConfigError
+from dsnet.runtime.distributed import shard_positions
 
 __all__ = ["PointSelection", "select_points", "shard_positions", "PAPER_SUBSET"]
 
@@ -110,26 +111,3 @@ def select_points(total: int, *, n_examples: int | None = None, subset: float | 
         indices = torch.randperm(total, generator=generator)[:count].sort().values
         return PointSelection(indices, total, "subset", fraction=float(subset), seed=seed)
     return PointSelection(torch.arange(total), total, "all")
-
-
-def shard_positions(n: int, rank: int, world_size: int, block: int = 1) -> torch.Tensor:
-    """The positions 0..n-1 that `rank` of `world_size` processes evaluates.
-
-    Blocks of `block` consecutive positions are dealt round-robin: block b goes to rank b % world_size. The
-    ranks' positions partition range(n), and each rank's positions come in whole blocks.
-
-    Args:
-        n: number of points.
-        rank: this process's rank, 0 <= rank < world_size.
-        world_size: number of processes.
-        block: positions per block (the batch size, so ranks form the same batches as one process).
-
-    Returns:
-        (m,) int64 positions, increasing.
-    """
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
-    if block < 1 or n < 0:
-        raise ValueError(f"need n >= 0 and block >= 1, got n={n}, block={block}")
-    positions = torch.arange(n)
-    return positions[(positions // block) % world_size == rank]

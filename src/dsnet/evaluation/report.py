@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ import torch
 
 from dsnet.evaluation.points import PointSelection
 from dsnet.evaluation.sanity import SanityCheck
+from dsnet.runtime.files import write_text_atomic
 
 __all__ = [
     "AttackOutcome",
@@ -34,7 +33,6 @@ __all__ = [
     "eps_fraction",
     "flags_to_string",
     "flags_from_string",
-    "write_text_atomic",
     "dumps_json",
 ]
 
@@ -84,21 +82,6 @@ def dumps_json(payload: Any) -> str:
     text = json.dumps(payload, indent=2, ensure_ascii=False, allow_nan=True)
     number_list = re.compile(r"\[\s*(-?[\d.eE+-]+(?:,\s*-?[\d.eE+-]+)*)\s*\]")
     return number_list.sub(lambda m: "[" + ", ".join(part.strip() for part in m.group(1).split(",")) + "]", text)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Writes `text` to `path` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
 
 
 @dataclass

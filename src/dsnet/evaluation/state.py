@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from dsnet.errors import ConfigError
-from dsnet.evaluation.report import dumps_json, write_text_atomic
+from dsnet.evaluation.report import dumps_json
+from dsnet.runtime.files import write_text_atomic
+from dsnet.runtime.records import SAVED_NOW, differences, plain
 
-__all__ = ["EvalState", "STATE_FORMAT", "STATE_NAME", "plain"]
+__all__ = ["EvalState", "STATE_FORMAT", "STATE_NAME"]
 
 logger = logging.getLogger(__name__)
 
@@ -25,14 +27,8 @@ STATE_FORMAT = "dsnet-eval-state/1"
 STATE_NAME = "eval_state.json"
 
 
-def plain(value: Any) -> Any:
-    """`value` as it reads back from JSON (tuples become lists, keys strings), for comparisons."""
-    return json.loads(json.dumps(value))
-
-
 def _differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    keys = sorted(set(saved) | set(now))
-    return [f"{k}: saved {saved.get(k)!r}, now {now.get(k)!r}" for k in keys if saved.get(k) != now.get(k)]
+    return differences(saved, now, template=SAVED_NOW, nested=False)
 
 
 class EvalState:
@@ -55,15 +51,22 @@ class EvalState:
         self.resumed = resumed
 
     @classmethod
-    def open(cls, path: Path | None, settings: dict[str, Any], *, restart: bool = False) -> EvalState:
-        """The state saved at `path`, checked against `settings`, or a fresh one.
+    def check(cls, path: Path, settings: dict[str, Any]) -> None:
+        """Refuses an earlier evaluation in `path` whose stored settings differ from `settings` in any key that
+        `settings` has (the rest is checked by `open`, once known).
 
         Raises:
-            ConfigError: the file holds an evaluation with other settings (and `restart` is False), or is not
-                an evaluation state.
+            ConfigError: as `open`.
         """
-        if path is None or restart or not path.exists():
-            return cls(path, settings)
+        raw = cls._read(path)
+        if raw is not None:
+            saved = {k: v for k, v in raw.get("settings", {}).items() if k in settings}
+            cls._refuse_differences(path, saved, plain(settings))
+
+    @staticmethod
+    def _read(path: Path | None) -> dict[str, Any] | None:
+        if path is None or not path.exists():
+            return None
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as error:
@@ -72,13 +75,30 @@ class EvalState:
         if not isinstance(raw, dict) or raw.get("format") != STATE_FORMAT:
             raise ConfigError(f"{path} is not a dsnet evaluation state; rerun with --restart or choose another "
                               "--out-dir")
-        now = plain(settings)
-        different = _differences(raw.get("settings", {}), now)
+        return raw
+
+    @staticmethod
+    def _refuse_differences(path: Path, saved: dict[str, Any], now: dict[str, Any]) -> None:
+        different = _differences(saved, now)
         if different:
             raise ConfigError(
                 f"{path.parent} holds an evaluation with other settings ({'; '.join(different)}); rerun with "
                 "--restart to discard it, or choose another --out-dir"
             )
+
+    @classmethod
+    def open(cls, path: Path | None, settings: dict[str, Any], *, restart: bool = False) -> EvalState:
+        """The state saved at `path`, checked against `settings`, or a fresh one.
+
+        Raises:
+            ConfigError: the file holds an evaluation with other settings (and `restart` is False), or is not
+                an evaluation state.
+        """
+        raw = None if restart else cls._read(path)
+        if raw is None:
+            return cls(path, settings)
+        now = plain(settings)
+        cls._refuse_differences(path, raw.get("settings", {}), now)
         state = cls(path, now, dict(raw.get("results", {})), raw.get("sweep"), resumed=bool(raw.get("results")))
         if state.resumed:
             logger.info("resuming the evaluation in %s: finished %s", path.parent, ", ".join(state.results))

@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from dsnet.errors import DsnetError
-from dsnet.experiments.cell_eval import REPORT_NAME, read_cell_report
+from dsnet.training.metrics import read_metrics
+from dsnet.experiments.cell_eval import read_cell_report
+from dsnet.experiments.layout import REPORT_NAME, RECIPE_FILE, cell_dir, eval_dir, run_dir, tables_dir
 from dsnet.experiments.grids import GRIDS, METRIC_LABELS, METRICS, STYLES, Cell, count_params
 
 __all__ = [
@@ -114,12 +116,9 @@ def _paper_rows(paper: dict[str, Any]) -> dict[tuple[str, str, str], dict[str, A
     return {(r["dataset"], r["style"], r["variant"]): r for r in paper.get("rows", [])}
 
 
-def _attention_of(run_dir: Path) -> list[list[float]] | None:
+def _attention_of(folder: Path) -> list[list[float]] | None:
     """The softmaxed attention weights of the selected epoch, from metrics.jsonl."""
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = read_metrics(folder)
     chosen = [r for r in rows if r.get("selected")] or rows
     weights = chosen[-1].get("attention_weights") if chosen else None
     return weights if isinstance(weights, list) else None
@@ -127,8 +126,6 @@ def _attention_of(run_dir: Path) -> list[list[float]] | None:
 
 def collect(cells: Sequence[Cell], out_dir: str | Path) -> list[RunRecord]:
     """Reads the evaluation report of every finished cell (unfinished ones are left out)."""
-    from dsnet.experiments.runner import cell_dir, eval_dir
-
     records = []
     for cell in cells:
         report = eval_dir(out_dir, cell) / REPORT_NAME
@@ -139,14 +136,12 @@ def collect(cells: Sequence[Cell], out_dir: str | Path) -> list[RunRecord]:
         except (DsnetError, KeyError) as error:
             logger.warning("skipping %s: %s", report, error)
             continue
-        records.append(RunRecord(cell, metrics, _attention_of(cell_dir(out_dir, cell) / "train")))
+        records.append(RunRecord(cell, metrics, _attention_of(run_dir(out_dir, cell))))
     return records
 
 
 def _params_of(cell: Cell, out_dir: Path) -> int | None:
-    from dsnet.experiments.runner import cell_dir
-
-    recipe_file = cell_dir(out_dir, cell) / "recipe.yaml"
+    recipe_file = cell_dir(out_dir, cell) / RECIPE_FILE
     model = cell.recipe["model"]
     if recipe_file.is_file():
         import yaml
@@ -436,7 +431,7 @@ def write_tables(grid: str, cells: Sequence[Cell], out_dir: str | Path, ddof: in
     paper = load_paper(grid)
     markdown = render_markdown(grid, rows, paper, scale=scale, n_runs=len(records), n_cells=len(cells), ddof=ddof,
                                settings=_settings_line(cells))
-    folder = out_dir / "tables"
+    folder = tables_dir(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     md = folder / f"{grid}.md"
     md.write_text(markdown)

@@ -18,13 +18,12 @@ import torch
 
 from dsnet.errors import DsnetError
 from dsnet.experiments.grids import EvalSpec
+from dsnet.experiments.layout import AUTOATTACK_DIR, REPORT_NAME
 
-__all__ = ["evaluate_cell", "read_report", "read_cell_report", "REPORT_NAME", "AUTOATTACK_DIR"]
+__all__ = ["evaluate_cell", "read_report", "read_cell_report"]
 
 logger = logging.getLogger(__name__)
 
-REPORT_NAME = "report.json"
-AUTOATTACK_DIR = "autoattack"
 _NAMES = {"clean": "natural"}
 
 

@@ -56,7 +56,6 @@ __all__ = [
     "scaled_model_kwargs",
     "count_params",
     "with_scale",
-    "MINI_MODEL_KWARGS",
 ]
 
 logger = logging.getLogger(__name__)
@@ -114,8 +113,14 @@ class Variant:
 
     @property
     def display(self) -> str:
-        """The label, or the name when there is none."""
-        return self.label or self.name
+        """The label, else the model's registered label (`ModelInfo.label`) for a plain row, else the name."""
+        if self.label:
+            return self.label
+        if self.name == self.model and not self.kwargs:
+            from dsnet.models import MODELS
+
+            return MODELS.get(self.model).label
+        return self.name
 
 
 @dataclass(frozen=True)
@@ -147,21 +152,14 @@ class GridSpec:
     default_seeds: tuple[int, ...] = (0, 1, 2)
 
 
-_LABELS = {
-    "resnet50": "ResNet-50", "wrn34_10": "WRN-34-10", "sat_resnet50": "SAT-ResNet-50",
-    "sat_wrn34_10": "SAT-WRN-34-10", "ie_resnet50": "IE-ResNet-50", "ie_wrn34_10": "IE-WRN-34-10",
-    "adark_net": "AdaRK-Net", "robnet_large_v2": "RobNet-large-v2", "dsnet4": "DS-Net-4-softmax",
-    "dsnet6": "DS-Net-6-softmax", "wrn28_10": "WRN-28-10", "resnet62": "ResNet-62", "densenet121": "DenseNet-121",
-    "mobilenetv2": "MobileNetV2",
-}
 _BLOCK_LABELS = {"residual": "Residual", "mbconv": "MBConv (Search)", "dense": "Dense", "ada_rk": "Ada-RK"}
 _BLOCKS = ("residual", "mbconv", "dense", "ada_rk")
 _INITS = ("normal", "uniform", "lognormal", "exponential", "geometric")
 
 
 def _plain_models(*names: str) -> tuple[Variant, ...]:
-    """Registered models as they are, one row each."""
-    return tuple(Variant(name, name, label=_LABELS.get(name, "")) for name in names)
+    """Registered models as they are, one row each, labelled as their `ModelInfo` says."""
+    return tuple(Variant(name, name) for name in names)
 
 
 def _fig4_variants() -> tuple[Variant, ...]:
@@ -244,33 +242,14 @@ GRIDS: dict[str, GridSpec] = {
 
 # ---------------------------------------------------------------------------------------------------- scale
 
-MINI_MODEL_KWARGS: dict[str, dict[str, Any]] = {
-    "dsnet4": {"width": 4, "width_factor": 2, "depth": 3},
-    "dsnet6": {"width": 4, "width_factor": 3, "depth": 3},
-    "dsnet_small": {"width": 4, "width_factor": 2, "depth": 3},
-    "resnet50": {"layers": [1, 1, 1, 1], "width": 4},
-    "sat_resnet50": {"layers": [1, 1, 1, 1], "width": 4},
-    "resnet62": {"layers": [1, 1, 1, 1], "width": 4},
-    "wrn34_10": {"depth": 10, "widen_factor": 1},
-    "wrn28_10": {"depth": 10, "widen_factor": 1},
-    "sat_wrn34_10": {"depth": 10, "widen_factor": 1},
-    "ie_resnet50": {"layers": [1, 1, 1, 1], "widths": [4, 4, 8, 8], "out_channels": [8, 8, 16, 16], "stem_width": 4},
-    "ie_wrn34_10": {"depth": 10, "widen_factor": 1},
-    "adark_net": {"width": 4, "blocks_per_stage": 1},
-    "robnet_large_v2": {"width": 4, "num_cells": 3},
-    "densenet121": {"layers": [1, 1, 1, 1], "growth_rate": 4},
-    "mobilenetv2": {"stages": [[1, 4, 1, 1], [2, 8, 1, 2], [2, 16, 1, 2]], "stem_width": 4, "head_width": 16},
-}
-"""Per model, the constructor arguments of its miniature: same family and activation, a handful of channels."""
-
-
 @dataclass(frozen=True)
 class Scale:
     """How big each run of a grid is. None keeps what the recipe (or the evaluation preset) says.
 
     Attributes:
         name: "paper" or "mini".
-        tiny_models: build each model with `MINI_MODEL_KWARGS` (same family, few channels).
+        tiny_models: build each model at the size of its family's registered tiny variant (same builder and
+            activation, a few channels; `dsnet.models.miniature_arguments`).
         epochs: training epochs.
         width: C0 of the DS-Nets (the reference width for parameter matching too).
         train_subset: training images used (before the validation split).
@@ -465,16 +444,23 @@ def base_recipe(dataset: str, style: str, model: str, configs_dir: Path | None) 
 
 def scaled_model_kwargs(model: str, kwargs: dict[str, Any], scale: Scale) -> dict[str, Any]:
     """Constructor arguments of `model` at `scale`: the miniature's, then the variant's, then `scale.width`."""
+    from dsnet.models import miniature_arguments
+
     out: dict[str, Any] = {}
     if scale.tiny_models:
-        if model not in MINI_MODEL_KWARGS:
-            raise ConfigError(f"no miniature defined for model {model!r}; add it to "
-                              "dsnet.experiments.grids.MINI_MODEL_KWARGS or use --scale paper")
-        out.update(copy.deepcopy(MINI_MODEL_KWARGS[model]))
+        out.update(_plain_kwargs(miniature_arguments(model)))
     out.update(copy.deepcopy(kwargs))
     if scale.width is not None and model.startswith("dsnet"):
         out["width"] = scale.width
     return out
+
+
+def _plain_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Constructor arguments as a recipe holds them (tuples become lists)."""
+    def plain(value: Any) -> Any:
+        return [plain(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+    return {key: plain(value) for key, value in kwargs.items()}
 
 
 @functools.lru_cache(maxsize=256)
@@ -484,11 +470,11 @@ def _count_params_cached(model: str, frozen_kwargs: str) -> int:
     import torch
 
     from dsnet.models import create_model
-    from dsnet.models.dsnet import count_network_parameters
+    from dsnet.models.profile import count_parameters
 
     kwargs = json.loads(frozen_kwargs)
     with torch.device("meta"):
-        return count_network_parameters(create_model(model, **kwargs))
+        return count_parameters(create_model(model, **kwargs))[0]
 
 
 def count_params(model: str, kwargs: dict[str, Any]) -> int:
@@ -561,7 +547,7 @@ def build_grid(
         wanted = [v for v in entry.variants if _matches(v.name, models)]
         for v in list(wanted):  # keep the parents of derived variants
             if v.parent and by_name.get(v.parent) not in wanted:
-                parent = by_name.get(v.parent) or Variant(v.parent, v.model, label=_LABELS.get(v.parent, ""))
+                parent = by_name.get(v.parent) or Variant(v.parent, v.model)
                 wanted.insert(0, parent)
         for style in entry.styles:
             needed = spec.attacks.get(style, ("*",))

@@ -1,14 +1,6 @@
 """`dsnet reproduce`: run the cells of a paper grid, skipping what is done and resuming what is not.
 
-Layout under `--out-dir`::
-
-    runs/<dataset>-<style>-<variant>-seed<seed>/   one training run, shared by every grid that needs it
-        cell.json        what the worker needs: recipe, evaluation spec, derivation
-        recipe.yaml      the resolved recipe (`dsnet train --config` reads it the same way)
-        train/           the `dsnet train` run folder (config.yaml, metrics.jsonl, last.pt, selected.pt)
-        eval/<tag>/report.json   one evaluation of train/selected.pt (the tag names attacks, n and a hash)
-        worker.log       output of the worker process (parallel runs only)
-    tables/<grid>.md, <grid>.csv (and <grid>.png for figures)
+The folders under `--out-dir` are those of `dsnet.experiments.layout`.
 
 A cell is finished when its evaluation report exists; it is skipped. A cell whose `train/last.pt` exists is
 resumed (`train(..., resume=True)`, which returns at once when training had finished). Cells derived from
@@ -35,10 +27,23 @@ from typing import Any
 
 import yaml
 
-from dsnet.config import config_from_dict
+from dsnet.config import RESULT_NEUTRAL_KEYS, config_from_dict
 from dsnet.errors import ConfigError, DsnetError
-from dsnet.experiments.cell_eval import REPORT_NAME, evaluate_cell, read_cell_report
+from dsnet.experiments.cell_eval import evaluate_cell, read_cell_report
+from dsnet.experiments.layout import (
+    CELL_FILE,
+    RECIPE_FILE,
+    REPORT_NAME,
+    WORKER_LOG,
+    cell_dir,
+    cell_state,
+    run_dir,
+    training_finished,
+)
 from dsnet.experiments.grids import Cell, EvalSpec, Scale, build_grid, with_scale
+from dsnet.runtime.files import write_text_atomic
+from dsnet.runtime.lock import FolderLock
+from dsnet.runtime.records import describe_differences, differences, plain
 from dsnet.training.trainer import train
 
 __all__ = [
@@ -47,9 +52,6 @@ __all__ = [
     "reproduce",
     "plan_cells",
     "run_cell",
-    "cell_dir",
-    "eval_dir",
-    "cell_state",
     "check_recipes",
     "worker_command",
     "main",
@@ -57,47 +59,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_RUNTIME_ONLY = {("train", "device"), ("train", "progress"), ("train", "tensorboard"), ("train", "log_every")}
-"""Recipe keys that do not change a run's result; ignored when a rerun compares recipes."""
-
-
-def cell_dir(out_dir: str | Path, cell: Cell) -> Path:
-    """`<out>/runs/<run_id>`."""
-    return Path(out_dir) / "runs" / cell.run_id
-
-
-def eval_dir(out_dir: str | Path, cell: Cell) -> Path:
-    """`<out>/runs/<run_id>/eval/<tag>`."""
-    return cell_dir(out_dir, cell) / "eval" / cell.eval.tag
-
-
-def _training_finished(run_dir: Path, epochs: int) -> bool:
-    metrics = run_dir / "metrics.jsonl"
-    if not (run_dir / "selected.pt").is_file() or not metrics.is_file():
-        return False
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    return bool(rows) and int(rows[-1].get("epoch", 0)) >= epochs
-
-
-def cell_state(out_dir: str | Path, cell: Cell) -> str:
-    """"done" (evaluated), "evaluate" (trained), "resume" (last.pt exists), "train", or "waiting" (for its parent)."""
-    folder = cell_dir(out_dir, cell)
-    if (eval_dir(out_dir, cell) / REPORT_NAME).is_file():
-        return "done"
-    run_dir = folder / "train"
-    if _training_finished(run_dir, int(cell.recipe.get("train", {}).get("epochs", 0))):
-        return "evaluate"
-    if (run_dir / "last.pt").is_file():
-        return "resume"
-    if cell.parent_id is not None:
-        parent = Path(out_dir) / "runs" / cell.parent_id / "train"
-        parent_epochs = None
-        recipe = Path(out_dir) / "runs" / cell.parent_id / "recipe.yaml"
-        if recipe.is_file():
-            parent_epochs = int((yaml.safe_load(recipe.read_text()) or {}).get("train", {}).get("epochs", 0))
-        if parent_epochs is None or not _training_finished(parent, parent_epochs):
-            return "waiting"
-    return "train"
 
 
 def worker_command(cell_path: Path, data_dir: str | Path) -> list[str]:
@@ -175,7 +136,7 @@ def _cell_payload(cell: Cell, out_dir: Path, data_dir: str | Path) -> dict[str, 
         "eval": cell.eval.to_dict(),
         "eval_tag": cell.eval.tag,
         "derive": cell.derive,
-        "parent_dir": str((out_dir / "runs" / cell.parent_id).resolve()) if cell.parent_id else None,
+        "parent_dir": str(cell_dir(out_dir, cell.parent_id).resolve()) if cell.parent_id else None,
         "target_params": cell.target_params,
     }
 
@@ -184,24 +145,34 @@ def _write_cell(cell: Cell, out_dir: Path, data_dir: str | Path) -> Path:
     folder = cell_dir(out_dir, cell)
     folder.mkdir(parents=True, exist_ok=True)
     payload = _cell_payload(cell, out_dir, data_dir)
-    previous = folder / "cell.json"
+    previous = folder / CELL_FILE
     if previous.is_file():
         old = json.loads(previous.read_text())
         if not cell.derive and _strip(old.get("recipe", {})) != _strip(cell.recipe):
-            raise ConfigError(_conflict_message(cell.run_id, old.get("recipe", {}), cell.recipe, folder))
-    _atomic_write(previous, json.dumps(payload, indent=1) + "\n")
+            if (run_dir(out_dir, cell) / "last.pt").is_file():
+                raise ConfigError(_conflict_message(cell.run_id, old.get("recipe", {}), cell.recipe, folder))
+            (folder / RECIPE_FILE).unlink(missing_ok=True)  # nothing trained yet: the new recipe replaces it
+    write_text_atomic(previous, json.dumps(payload, indent=1) + "\n")
     return folder
 
 
 def check_recipes(cells: Sequence[Cell], out_dir: str | Path) -> None:
-    """Refuses to reuse a run folder that was made with another recipe (e.g. another scale or epoch count).
+    """Validates every planned recipe, and refuses to reuse a run folder that trained with another recipe (e.g.
+    another scale or epoch count). A folder whose training has not written a checkpoint yet takes the new recipe.
+
+    Nothing is written, so a typo in `--set` fails here, before a dry run lists anything.
 
     Raises:
-        ConfigError: naming the first folder that differs and how.
+        ConfigError: naming the run and the problem, or the first folder that differs and how.
     """
     for cell in cells:
-        previous = cell_dir(out_dir, cell) / "cell.json"
-        if cell.derive or not previous.is_file():
+        try:
+            config_from_dict(cell.recipe)
+        except DsnetError as error:
+            raise ConfigError(f"the recipe of {cell.run_id} is not valid: {error}") from None
+    for cell in cells:
+        previous = cell_dir(out_dir, cell) / CELL_FILE
+        if cell.derive or not previous.is_file() or not (run_dir(out_dir, cell) / "last.pt").is_file():
             continue
         old = json.loads(previous.read_text()).get("recipe", {})
         if _strip(old) != _strip(cell.recipe):
@@ -209,30 +180,18 @@ def check_recipes(cells: Sequence[Cell], out_dir: str | Path) -> None:
 
 
 def _strip(recipe: dict[str, Any]) -> dict[str, Any]:
-    out = json.loads(json.dumps(recipe))
-    for section, key in _RUNTIME_ONLY:
+    """The recipe without the settings that cannot change a run's result."""
+    out = plain(recipe)
+    for dotted in RESULT_NEUTRAL_KEYS:
+        section, key = dotted.split(".")
         out.get(section, {}).pop(key, None)
     return out
 
 
-def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        keys = sorted(set(old) | set(new))
-        return [d for k in keys for d in _differences(old.get(k), new.get(k), f"{prefix}{k}.")]
-    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
-
-
 def _conflict_message(run_id: str, old: dict[str, Any], new: dict[str, Any], folder: Path) -> str:
-    diff = _differences(_strip(old), _strip(new))
-    shown = "; ".join(diff[:4]) + (f"; and {len(diff) - 4} more" if len(diff) > 4 else "")
-    return (f"{folder} already holds run {run_id} with another recipe ({shown}); use another --out-dir for a "
-            "different scale or settings (nothing was changed)")
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    diff = differences(_strip(old), _strip(new))
+    return (f"{folder} already holds run {run_id} trained with another recipe ({describe_differences(diff)}); use "
+            "another --out-dir for a different scale or settings (nothing was changed)")
 
 
 def _derive_recipe(payload: dict[str, Any]) -> dict[str, Any]:
@@ -285,32 +244,38 @@ def run_cell(path: str | Path, data_dir: str | Path, *, device: str | None = Non
         DsnetError: a config, data, checkpoint or training error, with a one-line message.
     """
     path = Path(path)
-    payload = json.loads((path / "cell.json").read_text())
+    with FolderLock(path, "reproduce cell", hint="wait for it to finish, or reproduce into another --out-dir"):
+        return _run_locked_cell(path, data_dir, device)
+
+
+def _run_locked_cell(path: Path, data_dir: str | Path, device: str | None) -> dict[str, float]:
+    payload = json.loads((path / CELL_FILE).read_text())
     spec = EvalSpec.from_dict(payload["eval"])
     report = path / "eval" / payload["eval_tag"] / REPORT_NAME
     if report.is_file():
         return read_cell_report(report.parent)
-    recipe_file = path / "recipe.yaml"
-    if recipe_file.is_file():
-        recipe = yaml.safe_load(recipe_file.read_text())
-        if not payload.get("derive") and _strip(recipe) != _strip(payload["recipe"]):
+    recipe_file = path / RECIPE_FILE
+    trained = (path / "train" / "last.pt").is_file()
+    recipe = yaml.safe_load(recipe_file.read_text()) if recipe_file.is_file() else None
+    if recipe is not None and not payload.get("derive") and _strip(recipe) != _strip(payload["recipe"]):
+        if trained:
             raise ConfigError(_conflict_message(payload["run_id"], recipe, payload["recipe"], path))
-    else:
+        recipe = None  # nothing trained yet: the cell's new recipe replaces the old one
+    if recipe is None:
         recipe = _derive_recipe(payload)
-        _atomic_write(recipe_file, yaml.safe_dump(recipe, sort_keys=False))
+        write_text_atomic(recipe_file, yaml.safe_dump(recipe, sort_keys=False))
     config = config_from_dict(recipe)
     if device is not None:
         config.train.device = device
     if not sys.stderr.isatty():
         config.train.progress = False
-    run_dir = path / "train"
-    epochs = config.train.epochs
-    if not _training_finished(run_dir, epochs):
-        resume = (run_dir / "last.pt").is_file()
+    train_dir = path / "train"
+    if not training_finished(train_dir, config.train.epochs):
+        resume = (train_dir / "last.pt").is_file()
         logger.info("%s: %s", payload["run_id"], "resuming training" if resume else "training")
-        train(config, data_dir, run_dir, resume=resume)
+        train(config, data_dir, train_dir, resume=resume)
     logger.info("%s: evaluating (%s)", payload["run_id"], "+".join(spec.attacks) or "clean only")
-    return evaluate_cell(run_dir / "selected.pt", data_dir, report.parent, spec, device=device)
+    return evaluate_cell(train_dir / "selected.pt", data_dir, report.parent, spec, device=device)
 
 
 # ----------------------------------------------------------------------------------------------- the grid
@@ -347,11 +312,11 @@ def _run_parallel(plans: list[CellPlan], out_dir: Path, data_dir: str | Path, de
                 continue
             device = free.pop(0)
             env = {**os.environ, "CUDA_VISIBLE_DEVICES": device}
-            log = (plan.path / "worker.log").open("ab")
+            log = (plan.path / WORKER_LOG).open("ab")
             process = subprocess.Popen(worker_command(plan.path, data_dir), env=env, stdout=log,
                                        stderr=subprocess.STDOUT)
             logger.info("%s: started on device %s (pid %d, log %s)", plan.cell.run_id, device, process.pid,
-                        plan.path / "worker.log")
+                        plan.path / WORKER_LOG)
             running[device] = (process, plan, log)
         time.sleep(poll_s if running else 0)
         for device, (process, plan, log) in list(running.items()):
@@ -365,9 +330,9 @@ def _run_parallel(plans: list[CellPlan], out_dir: Path, data_dir: str | Path, de
                 result.ran.append(plan.cell.run_id)
                 logger.info("%s: finished", plan.cell.run_id)
             else:
-                tail = (plan.path / "worker.log").read_text(errors="replace").strip().splitlines()[-1:] or [""]
+                tail = (plan.path / WORKER_LOG).read_text(errors="replace").strip().splitlines()[-1:] or [""]
                 result.failed[plan.cell.run_id] = f"worker exited with status {code}: {tail[0]}"
-                logger.error("%s failed (status %d); see %s", plan.cell.run_id, code, plan.path / "worker.log")
+                logger.error("%s failed (status %d); see %s", plan.cell.run_id, code, plan.path / WORKER_LOG)
 
 
 def reproduce(

@@ -1,35 +1,31 @@
-"""Models: DS-Net, its atomic blocks, the paper's baselines, and the registry that names them.
+"""dsnet.models: DS-Net, its atomic blocks, the paper's baselines, and the registry that names them.
 
-Importing this package registers every model family, so `create_model(name)` sees them all.
+One file per family (`dsnet.py`, `resnet.py`, `wide_resnet.py`, ...); each registers its variants as data
+(`register_model(name, builder, info, **arguments)`). The registry imports the families on first use, so
+`create_model(name)` sees them all and importing this package costs nothing.
 """
 
-from dsnet.models.registry import MODELS, ModelInfo, create_model, list_models, model_info, register_model
-from dsnet.models.atomic_blocks import BLOCKS, register_block
-from dsnet.models.dsnet import DSNet
-from dsnet.models.parameters import split_parameters
+from __future__ import annotations
 
-__all__ = [
-    "MODELS",
-    "BLOCKS",
-    "DSNet",
-    "ModelInfo",
-    "create_model",
-    "list_models",
-    "model_info",
-    "register_block",
-    "register_model",
-    "split_parameters",
-]
+from dsnet.lazy import lazy_exports
 
-# Model families register themselves on import.
-from dsnet.models import dsnet as _dsnet  # noqa: E402,F401
-from dsnet.models import (  # noqa: E402,F401
-    adark_net,
-    densenet,
-    ie_skip,
-    mobilenetv2,
-    preact_resnet,
-    resnet,
-    robnet,
-    wide_resnet,
-)
+_EXPORTS = {
+    "MODELS": "registry",
+    "ModelInfo": "registry",
+    "ModelEntry": "registry",
+    "create_model": "registry",
+    "list_models": "registry",
+    "model_info": "registry",
+    "register_model": "registry",
+    "check_model_arguments": "registry",
+    "miniature_arguments": "registry",
+    "BLOCKS": "atomic_blocks",
+    "register_block": "atomic_blocks",
+    "DSNet": "dsnet",
+    "ImageClassifier": "base",
+    "split_parameters": "parameters",
+}
+
+__all__ = list(_EXPORTS)
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -29,6 +29,7 @@ import torch.nn as nn
 from dsnet.errors import ConfigError
 from dsnet.models.atomic_blocks import AdaRKBlock, ReductionBlock, ResidualBlock
 from dsnet.models.layers import conv3x3
+from dsnet.models.base import ImageClassifier
 from dsnet.models.registry import ModelInfo, register_model
 
 __all__ = ["SSP2Block", "AdaRKNet"]
@@ -51,7 +52,7 @@ class SSP2Block(nn.Module):
         return 0.5 * x + 0.5 * self.block(self.block(x))
 
 
-class AdaRKNet(nn.Module):
+class AdaRKNet(ImageClassifier):
     """AdaRK-Net for 32x32 inputs: Ada-RK, residual and SSP2 stages at widths C, 2C, 4C.
 
     Args:
@@ -83,25 +84,9 @@ class AdaRKNet(nn.Module):
         out = self.stage3(self.reduction2(out))
         return self.pool(out).flatten(1)
 
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.fc(features)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Maps (B, 3, H, W) images in [0, 1] to (B, num_classes) logits."""
-        return self.forward_head(self.forward_features(x))
-
-
-def _create_adark_net(num_classes: int, defaults: dict[str, object], kwargs: dict[str, object]) -> AdaRKNet:
-    return AdaRKNet(num_classes=num_classes, **{**defaults, **kwargs})  # type: ignore[arg-type]
-
-
-@register_model(ModelInfo(family="adark_net", paper=_PAPER, expected_params=23_614_908, note="C=80, 9 blocks/stage"))
-def adark_net(num_classes: int = 10, **kwargs: object) -> AdaRKNet:
-    """AdaRK-Net-62: C = 80, 9 Ada-RK, 9 residual and 9 SSP2 blocks."""
-    return _create_adark_net(num_classes, dict(width=80, blocks_per_stage=9), kwargs)
-
-
-@register_model(ModelInfo(family="adark_net", paper=_PAPER, note="tests: C=4, 1 block/stage", tiny=True))
-def adark_net_tiny(num_classes: int = 10, **kwargs: object) -> AdaRKNet:
-    """A tiny AdaRK-Net for tests: C = 4, one block per stage."""
-    return _create_adark_net(num_classes, dict(width=4, blocks_per_stage=1), kwargs)
+register_model("adark_net", AdaRKNet, ModelInfo(family="adark_net", paper=_PAPER, expected_params=23_614_908,
+                                                note="C=80, 9 blocks/stage", label="AdaRK-Net"),
+               width=80, blocks_per_stage=9)
+register_model("adark_net_tiny", AdaRKNet, ModelInfo(family="adark_net", paper=_PAPER, note="tests: C=4, 1 block/stage",
+                                                     tiny=True), width=4, blocks_per_stage=1)

@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dsnet.models.layers import conv1x1, conv3x3
+from dsnet.models.base import ImageClassifier
 from dsnet.models.registry import ModelInfo, register_model
 
 __all__ = ["DenseLayer", "Transition", "DenseNet"]
@@ -70,7 +71,7 @@ class Transition(nn.Module):
         return F.avg_pool2d(self.conv(F.relu(self.bn(x))), 2)
 
 
-class DenseNet(nn.Module):
+class DenseNet(ImageClassifier):
     """DenseNet-BC for 32x32 inputs.
 
     Args:
@@ -80,6 +81,8 @@ class DenseNet(nn.Module):
         compression: transition output width as a fraction of its input width.
         in_channels: input image channels.
     """
+
+    head = "linear"
 
     def __init__(
         self,
@@ -118,25 +121,9 @@ class DenseNet(nn.Module):
                 out = getattr(self, f"trans{index + 1}")(out)
         return self.pool(F.relu(self.bn(out))).flatten(1)
 
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.linear(features)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Maps (B, 3, H, W) images in [0, 1] to (B, num_classes) logits."""
-        return self.forward_head(self.forward_features(x))
-
-
-def _create_densenet(num_classes: int, defaults: dict[str, object], kwargs: dict[str, object]) -> DenseNet:
-    return DenseNet(num_classes=num_classes, **{**defaults, **kwargs})  # type: ignore[arg-type]
-
-
-@register_model(ModelInfo(family="densenet", paper=_PAPER, expected_params=6_956_298, note="k=32, 6/12/24/16"))
-def densenet121(num_classes: int = 10, **kwargs: object) -> DenseNet:
-    """CIFAR DenseNet-121: growth 32, blocks 6/12/24/16, compression 0.5, 3x3 stem."""
-    return _create_densenet(num_classes, dict(layers=(6, 12, 24, 16), growth_rate=32), kwargs)
-
-
-@register_model(ModelInfo(family="densenet", paper=_PAPER, note="tests: k=4, 1 layer/block", tiny=True))
-def densenet_tiny(num_classes: int = 10, **kwargs: object) -> DenseNet:
-    """A tiny DenseNet for tests: growth 4, one layer per block."""
-    return _create_densenet(num_classes, dict(layers=(1, 1, 1, 1), growth_rate=4), kwargs)
+register_model("densenet121", DenseNet, ModelInfo(family="densenet", paper=_PAPER, expected_params=6_956_298,
+                                                  note="k=32, 6/12/24/16", label="DenseNet-121"),
+               layers=(6, 12, 24, 16), growth_rate=32)
+register_model("densenet_tiny", DenseNet, ModelInfo(family="densenet", paper=_PAPER, note="tests: k=4, 1 layer/block",
+                                                    tiny=True), layers=(1, 1, 1, 1), growth_rate=4)

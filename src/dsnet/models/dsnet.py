@@ -19,7 +19,6 @@ What we changed from the authors' code, and why:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,7 +26,9 @@ import torch
 import torch.nn as nn
 
 from dsnet.errors import ConfigError
+from dsnet.registry import unknown_name
 from dsnet.models.atomic_blocks import BLOCKS, ReductionBlock
+from dsnet.models.base import ImageClassifier
 from dsnet.models.layers import conv3x3
 from dsnet.models.registry import ModelInfo, register_model
 
@@ -87,7 +88,9 @@ def load_attention(source: str | Path | torch.Tensor | Sequence[Sequence[float]]
     if path.suffix in (".txt", ".csv"):
         rows = [line.replace(",", " ").split() for line in path.read_text().splitlines() if line.strip()]
         return torch.tensor([[float(v) for v in row] for row in rows])
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    from dsnet.runtime.checkpoint import load_tensors_file
+
+    obj = load_tensors_file(path, what="attention file")
     if isinstance(obj, dict):
         obj = obj.get("model", obj)
         obj = obj.get("attention") if isinstance(obj, dict) else None
@@ -111,7 +114,7 @@ class RobustModule(nn.Module):
         return out
 
 
-class DSNet(nn.Module):
+class DSNet(ImageClassifier):
     """Diverse-Structured Network for 32x32 inputs.
 
     Args:
@@ -127,6 +130,8 @@ class DSNet(nn.Module):
             path accepted by `load_attention`).
         attention_scale: scale of a random initialisation (1e-3 as the authors; 1.0 as the paper's text).
         in_channels: input image channels.
+        target_params: pick the width C0 whose parameter count (attention excluded) is closest to this number,
+            instead of `width` (compares block spaces at equal size, Fig. 6 and Table 4).
     """
 
     def __init__(
@@ -141,8 +146,12 @@ class DSNet(nn.Module):
         attention_init: str | Path | torch.Tensor | Sequence[Sequence[float]] = "normal",
         attention_scale: float = 1e-3,
         in_channels: int = 3,
+        target_params: int | None = None,
     ) -> None:
         super().__init__()
+        if target_params is not None:
+            width = width_for_params(int(target_params), width_factor=width_factor, depth=depth, blocks=blocks,
+                                     attention=attention, num_same_blocks=num_same_blocks, in_channels=in_channels)
         if attention not in ATTENTION_MODES:
             raise ConfigError(f"unknown attention mode {attention!r}; choose one of {', '.join(ATTENTION_MODES)}")
         if width < 1 or width_factor < 1 or depth < 1:
@@ -207,6 +216,9 @@ class DSNet(nn.Module):
     def _initial_logits(source: object, shape: tuple[int, int], scale: float) -> torch.Tensor:
         if isinstance(source, str) and source in ATTENTION_INITS:
             return init_attention(shape, source, scale)
+        if isinstance(source, str) and not Path(source).suffix and not Path(source).exists():
+            raise unknown_name("attention_init", source, ATTENTION_INITS,
+                               "or give a file: a .pt checkpoint or tensor, or a .txt matrix")
         given = load_attention(source)  # type: ignore[arg-type]
         if tuple(given.shape) != shape:
             raise ConfigError(f"given attention weights have shape {tuple(given.shape)}, the model needs {shape}")
@@ -236,12 +248,6 @@ class DSNet(nn.Module):
                 out = stage(out)
         return self.pool(out).flatten(1)
 
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.fc(features)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Maps (B, 3, H, W) images in [0, 1] to (B, num_classes) logits."""
-        return self.forward_head(self.forward_features(x))
 
 
 def pruned_config(model: DSNet, keep: int) -> dict[str, object]:
@@ -259,55 +265,37 @@ def pruned_config(model: DSNet, keep: int) -> dict[str, object]:
     return {"blocks": blocks, "attention": "fixed", "attention_init": kept.log()}
 
 
-def count_network_parameters(model: nn.Module) -> int:
-    """Parameters as the paper counts them: every registered tensor (tied copies included), no attention."""
-    return sum(p.numel() for name, p in model.named_parameters(remove_duplicate=False) if name != "attention")
-
-
 def width_for_params(target: int, search: range = range(4, 129), **kwargs: object) -> int:
     """The initial width C0 whose DS-Net parameter count is closest to `target` (ties: the smaller width).
 
-    Used to compare block spaces at equal size (Fig. 6). Models are built on the meta device, so the search
-    allocates no memory.
+    Used to compare block spaces at equal size (Fig. 6). The count grows with the width, so a bisection finds
+    the first width at or above the target in a handful of builds, on the meta device (no memory).
     """
-    best_width, best_gap = search[0], math.inf
-    for width in search:
+    from dsnet.models.profile import count_parameters
+
+    def count(width: int) -> int:
         with torch.device("meta"):
-            count = count_network_parameters(DSNet(width=width, **kwargs))  # type: ignore[arg-type]
-        gap = abs(count - target)
-        if gap < best_gap:
-            best_width, best_gap = width, gap
-    return best_width
+            return count_parameters(DSNet(width=width, **kwargs))[0]  # type: ignore[arg-type]
+
+    widths = list(search)
+    low, high = 0, len(widths) - 1
+    while low < high:  # the first width whose count reaches the target (or the last one)
+        middle = (low + high) // 2
+        if count(widths[middle]) >= target:
+            high = middle
+        else:
+            low = middle + 1
+    candidates = [widths[i] for i in (low - 1, low) if 0 <= i < len(widths)]
+    return min(candidates, key=lambda width: (abs(count(width) - target), width))
 
 
-def _create_dsnet(num_classes: int, defaults: dict[str, object], kwargs: dict[str, object]) -> DSNet:
-    config = {**defaults, **kwargs}
-    target = config.pop("target_params", None)
-    if target is not None:
-        width_kwargs = {k: v for k, v in config.items() if k not in ("width", "attention_init")}
-        config["width"] = width_for_params(int(target), **width_kwargs)  # type: ignore[arg-type]
-    return DSNet(num_classes=num_classes, **config)  # type: ignore[arg-type]
-
-
-@register_model(ModelInfo(family="dsnet", paper=_PAPER, expected_params=20_780_245, note="k=4, C0=20, K=15"))
-def dsnet4(num_classes: int = 10, **kwargs: object) -> DSNet:
-    """DS-Net-4: widths 20/80/160, 15 robust modules of residual, MBConv, dense and Ada-RK blocks."""
-    return _create_dsnet(num_classes, dict(width=20, width_factor=4, depth=15), kwargs)
-
-
-@register_model(ModelInfo(family="dsnet", paper=_PAPER, expected_params=46_353_435, note="k=6, C0=20, K=15"))
-def dsnet6(num_classes: int = 10, **kwargs: object) -> DSNet:
-    """DS-Net-6: widths 20/120/240, 15 robust modules."""
-    return _create_dsnet(num_classes, dict(width=20, width_factor=6, depth=15), kwargs)
-
-
-@register_model(ModelInfo(family="dsnet", paper=_PAPER, note="quickstart size: k=2, C0=16, K=3"))
-def dsnet_small(num_classes: int = 10, **kwargs: object) -> DSNet:
-    """A small DS-Net (widths 16/32/64, 3 modules) that learns something on a CPU in minutes."""
-    return _create_dsnet(num_classes, dict(width=16, width_factor=2, depth=3), kwargs)
-
-
-@register_model(ModelInfo(family="dsnet", paper=_PAPER, note="tests: k=2, C0=4, K=3", tiny=True))
-def dsnet_tiny(num_classes: int = 10, **kwargs: object) -> DSNet:
-    """A tiny DS-Net for tests: widths 4/8/16, 3 modules."""
-    return _create_dsnet(num_classes, dict(width=4, width_factor=2, depth=3), kwargs)
+register_model("dsnet4", DSNet, ModelInfo(family="dsnet", paper=_PAPER, expected_params=20_780_245,
+                                           note="k=4, C0=20, K=15", label="DS-Net-4-softmax"),
+               width=20, width_factor=4, depth=15)
+register_model("dsnet6", DSNet, ModelInfo(family="dsnet", paper=_PAPER, expected_params=46_353_435,
+                                           note="k=6, C0=20, K=15", label="DS-Net-6-softmax"),
+               width=20, width_factor=6, depth=15)
+register_model("dsnet_small", DSNet, ModelInfo(family="dsnet", paper=_PAPER, note="quickstart size: k=2, C0=16, K=3"),
+               width=16, width_factor=2, depth=3)
+register_model("dsnet_tiny", DSNet, ModelInfo(family="dsnet", paper=_PAPER, note="tests: k=2, C0=4, K=3", tiny=True),
+               width=4, width_factor=2, depth=3)

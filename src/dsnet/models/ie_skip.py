@@ -36,8 +36,9 @@ Where we differ from the reference code, and why:
 - Tying is by shared `nn.Parameter` objects instead of re-assigning `.data` on every forward pass.
 
 IE-WRN-34-10 has no public code (the paper reports 48.24 M and nothing more). Our definition: WRN-34-10
-(`wide_resnet.py`, same widths, strides, shortcuts and initialisation) in which every non-transition basic
-block (4 of 5 per group) is an IE block, with GroupNorm(1, C) in place of BatchNorm throughout, as in every
+(`wide_resnet.WideResNet` itself, given `block=ie_wide_block` and `norm_layer=GroupNorm(1, ·)`: same widths,
+strides, shortcuts and initialisation) in which every non-transition basic block (4 of 5 per group) is an IE
+block, with GroupNorm(1, C) in place of BatchNorm throughout, as in every
 network of the reference IE code. GroupNorm keeps the correction per example: a BatchNorm inside the tied copy
 would mix the batch into each image's correction and update running statistics a second time. GroupNorm(1, C)
 has the same 2C parameters as BatchNorm, so the unique count is WRN-34-10's 46,160,474; counting the tied
@@ -47,18 +48,20 @@ copies gives 84,885,594. Neither is the paper's 48.24 M, which we could not reco
 from __future__ import annotations
 
 import copy
+import functools
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
 
 from dsnet.errors import ConfigError
+from dsnet.models.base import ImageClassifier
 from dsnet.models.layers import conv1x1, conv3x3
 from dsnet.models.registry import ModelInfo, register_model
-from dsnet.models.wide_resnet import WideBasicBlock, WideGroup, wrn_init
+from dsnet.models.wide_resnet import WideResNet
 
-__all__ = ["tied_copy", "ImplicitEulerBlock", "IETransition", "IEResNet", "IEWideResNet"]
+__all__ = ["tied_copy", "ImplicitEulerBlock", "IETransition", "IEResNet", "ie_wide_block", "ie_wide_resnet"]
 
 _PAPER = "Li, He & Lin, Implicit Euler Skip Connections, ICML 2020"
 
@@ -159,14 +162,15 @@ def _preact_bottleneck(
     )
 
 
-def _preact_basic(channels: int, act_layer: type[nn.Module]) -> nn.Sequential:
-    """GN-act-3x3, GN-act-3x3, no biases (the WRN branch with GroupNorm)."""
+def _preact_basic(channels: int, act_layer: type[nn.Module],
+                  norm_layer: Callable[[int], nn.Module] = _group_norm) -> nn.Sequential:
+    """norm-act-3x3, norm-act-3x3, no biases (the WRN branch; GroupNorm in IE-WRN)."""
     return nn.Sequential(
         OrderedDict(
-            norm1=_group_norm(channels),
+            norm1=norm_layer(channels),
             act1=act_layer(),
             conv1=conv3x3(channels, channels, bias=False),
-            norm2=_group_norm(channels),
+            norm2=norm_layer(channels),
             act2=act_layer(),
             conv2=conv3x3(channels, channels, bias=False),
         )
@@ -201,7 +205,7 @@ class IETransition(nn.Module):
         return self.branch(x) + self.shortcut(x)
 
 
-class IEResNet(nn.Module):
+class IEResNet(ImageClassifier):
     """Bottleneck ResNet with implicit-Euler skips and GroupNorm, for 32x32 inputs.
 
     Args:
@@ -261,16 +265,39 @@ class IEResNet(nn.Module):
         """Maps (B, 3, H, W) images in [0, 1] to pooled (B, num_features) features."""
         return self.pool(self.act(self.norm(self.stages(self.stem(x))))).flatten(1)
 
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.fc(features)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Maps (B, 3, H, W) images in [0, 1] to (B, num_classes) logits."""
-        return self.forward_head(self.forward_features(x))
+def ie_wide_block(
+    in_channels: int,
+    out_channels: int,
+    stride: int,
+    act_layer: type[nn.Module],
+    norm_layer: Callable[[int], nn.Module],
+    *,
+    theta: float = 1.0,
+    step: float = 0.1,
+    iterations: int = 1,
+    differentiable_correction: bool = False,
+) -> ImplicitEulerBlock:
+    """An implicit-Euler block around the WRN branch norm-act-3x3-norm-act-3x3 (in = out channels, stride 1);
+    the `block` that `WideResNet` gets for IE-WRN."""
+    if stride != 1 or in_channels != out_channels:
+        raise ConfigError(f"an IE block keeps its shape; got {in_channels} -> {out_channels} channels, stride {stride}")
+    return ImplicitEulerBlock(_preact_basic(out_channels, act_layer, norm_layer), theta, step, iterations,
+                              differentiable_correction)
 
 
-class IEWideResNet(nn.Module):
-    """WRN with GroupNorm whose non-transition basic blocks are implicit-Euler blocks (our IE-WRN definition).
+def ie_wide_resnet(
+    num_classes: int = 10,
+    depth: int = 34,
+    widen_factor: int = 10,
+    theta: float = 1.0,
+    step: float = 0.1,
+    iterations: int = 1,
+    differentiable_correction: bool = False,
+    act_layer: type[nn.Module] = nn.ReLU,
+    in_channels: int = 3,
+) -> WideResNet:
+    """IE-WRN (our definition): a `WideResNet` with GroupNorm whose blocks after each group's first are IE blocks.
 
     Args:
         num_classes: classifier size.
@@ -283,87 +310,20 @@ class IEWideResNet(nn.Module):
         act_layer: activation class.
         in_channels: input image channels.
     """
-
-    def __init__(
-        self,
-        num_classes: int = 10,
-        depth: int = 34,
-        widen_factor: int = 10,
-        theta: float = 1.0,
-        step: float = 0.1,
-        iterations: int = 1,
-        differentiable_correction: bool = False,
-        act_layer: type[nn.Module] = nn.ReLU,
-        in_channels: int = 3,
-    ) -> None:
-        super().__init__()
-        if depth < 10 or (depth - 4) % 6:
-            raise ConfigError(f"WideResNet depth must be 6n + 4 with n >= 1 (e.g. 28, 34), got {depth}")
-        blocks_per_group = (depth - 4) // 6
-        widths = (16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor)
-        self.num_classes = num_classes
-        self.conv1 = conv3x3(in_channels, widths[0], bias=False)
-        groups = []
-        for index in range(3):
-            c_in, c_out = widths[index], widths[index + 1]
-            blocks: list[nn.Module] = [WideBasicBlock(c_in, c_out, 1 if index == 0 else 2, act_layer, _group_norm)]
-            for _ in range(blocks_per_group - 1):
-                branch = _preact_basic(c_out, act_layer)
-                blocks.append(ImplicitEulerBlock(branch, theta, step, iterations, differentiable_correction))
-            groups.append(WideGroup(blocks))
-        self.block1, self.block2, self.block3 = groups
-        self.bn1 = _group_norm(widths[3])
-        self.relu = act_layer()
-        self.num_features = widths[3]
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(widths[3], num_classes)
-        wrn_init(self)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Maps (B, 3, H, W) images in [0, 1] to pooled (B, num_features) features."""
-        out = self.block3(self.block2(self.block1(self.conv1(x))))
-        return self.pool(self.relu(self.bn1(out))).flatten(1)
-
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.fc(features)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Maps (B, 3, H, W) images in [0, 1] to (B, num_classes) logits."""
-        return self.forward_head(self.forward_features(x))
+    block = functools.partial(ie_wide_block, theta=theta, step=step, iterations=iterations,
+                              differentiable_correction=differentiable_correction)
+    return WideResNet(num_classes, depth, widen_factor, act_layer, in_channels=in_channels, block=block,
+                      norm_layer=_group_norm)
 
 
-def _create_ie_resnet(num_classes: int, defaults: dict[str, object], kwargs: dict[str, object]) -> IEResNet:
-    return IEResNet(num_classes=num_classes, **{**defaults, **kwargs})  # type: ignore[arg-type]
-
-
-def _create_ie_wide_resnet(num_classes: int, defaults: dict[str, object], kwargs: dict[str, object]) -> IEWideResNet:
-    return IEWideResNet(num_classes=num_classes, **{**defaults, **kwargs})  # type: ignore[arg-type]
-
-
-@register_model(
-    ModelInfo(family="ie_skip", paper=_PAPER, expected_params=22_414_762, note="tied copies incl.; 17,480,618 unique")
-)
-def ie_resnet50(num_classes: int = 10, **kwargs: object) -> IEResNet:
-    """IE-ResNet-50: GroupNorm bottleneck ResNet (3/4/6/3) with implicit-Euler skips, θ = 1, h = 0.1."""
-    return _create_ie_resnet(num_classes, dict(layers=(3, 4, 6, 3)), kwargs)
-
-
-@register_model(
-    ModelInfo(family="ie_skip", paper=_PAPER, expected_params=84_885_594, note="our definition; 46,160,474 unique")
-)
-def ie_wrn34_10(num_classes: int = 10, **kwargs: object) -> IEWideResNet:
-    """IE-WRN-34-10 (our definition): WRN-34-10 with GroupNorm, IE blocks after each group's first block."""
-    return _create_ie_wide_resnet(num_classes, dict(depth=34, widen_factor=10), kwargs)
-
-
-@register_model(ModelInfo(family="ie_skip", paper=_PAPER, note="tests: 2 blocks per stage, widths 4/8", tiny=True))
-def ie_resnet_tiny(num_classes: int = 10, **kwargs: object) -> IEResNet:
-    """A tiny IE-ResNet for tests: two blocks per stage (one IE block each)."""
-    defaults = dict(layers=(2, 2, 2, 2), widths=(4, 4, 8, 8), out_channels=(8, 8, 16, 16), stem_width=4)
-    return _create_ie_resnet(num_classes, defaults, kwargs)
-
-
-@register_model(ModelInfo(family="ie_skip", paper=_PAPER, note="tests: IE-WRN-16-1", tiny=True))
-def ie_wrn_tiny(num_classes: int = 10, **kwargs: object) -> IEWideResNet:
-    """A tiny IE-WRN for tests: depth 16, widen factor 1 (one IE block per group)."""
-    return _create_ie_wide_resnet(num_classes, dict(depth=16, widen_factor=1), kwargs)
+register_model("ie_resnet50", IEResNet, ModelInfo(family="ie_skip", paper=_PAPER, expected_params=22_414_762,
+                                                 note="tied copies incl.; 17,480,618 unique", label="IE-ResNet-50"),
+               layers=(3, 4, 6, 3))
+register_model("ie_wrn34_10", ie_wide_resnet, ModelInfo(family="ie_skip", paper=_PAPER, expected_params=84_885_594,
+                                                        note="our definition; 46,160,474 unique", label="IE-WRN-34-10"),
+               depth=34, widen_factor=10)
+register_model("ie_resnet_tiny", IEResNet, ModelInfo(family="ie_skip", paper=_PAPER, tiny=True,
+                                                     note="tests: 2 blocks per stage, widths 4/8"),
+               layers=(2, 2, 2, 2), widths=(4, 4, 8, 8), out_channels=(8, 8, 16, 16), stem_width=4)
+register_model("ie_wrn_tiny", ie_wide_resnet, ModelInfo(family="ie_skip", paper=_PAPER, note="tests: IE-WRN-16-1",
+                                                        tiny=True), depth=16, widen_factor=1)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import torch.nn as nn
 
-__all__ = ["conv3x3", "conv1x1", "SqueezeExcite", "drop_connect", "InputNormalization", "NormalizedModel"]
+__all__ = ["conv3x3", "conv1x1", "SqueezeExcite", "drop_connect"]
 
 
 def conv3x3(in_channels: int, out_channels: int, stride: int = 1, bias: bool = True) -> nn.Conv2d:
@@ -50,27 +48,3 @@ def drop_connect(x: torch.Tensor, drop_rate: float, training: bool) -> torch.Ten
     keep = 1.0 - drop_rate
     mask = torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), device=x.device, dtype=x.dtype) < keep
     return x * mask.to(x.dtype) / keep
-
-
-class InputNormalization(nn.Module):
-    """Subtracts a per-channel mean and divides by a std held as buffers, so ε stays in pixel units."""
-
-    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
-
-
-class NormalizedModel(nn.Module):
-    """Wraps a model so that it takes [0, 1] images and normalises them itself (RobustBench convention)."""
-
-    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
-        super().__init__()
-        self.normalize = InputNormalization(mean, std)
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(self.normalize(x))

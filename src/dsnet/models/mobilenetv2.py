@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dsnet.models.layers import conv1x1, conv3x3
+from dsnet.models.base import ImageClassifier
 from dsnet.models.registry import ModelInfo, register_model
 
 __all__ = ["CIFAR_STAGES", "InvertedResidual", "MobileNetV2"]
@@ -70,7 +71,7 @@ class InvertedResidual(nn.Module):
         return out + self.shortcut(x) if self.stride == 1 else out
 
 
-class MobileNetV2(nn.Module):
+class MobileNetV2(ImageClassifier):
     """MobileNetV2 for 32x32 inputs.
 
     Args:
@@ -80,6 +81,8 @@ class MobileNetV2(nn.Module):
         head_width: channels of the last 1x1 conv.
         in_channels: input image channels.
     """
+
+    head = "linear"
 
     def __init__(
         self,
@@ -111,26 +114,9 @@ class MobileNetV2(nn.Module):
         out = self.layers(F.relu(self.bn1(self.conv1(x))))
         return self.pool(F.relu(self.bn2(self.conv2(out)))).flatten(1)
 
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.linear(features)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Maps (B, 3, H, W) images in [0, 1] to (B, num_classes) logits."""
-        return self.forward_head(self.forward_features(x))
-
-
-def _create_mobilenetv2(num_classes: int, defaults: dict[str, object], kwargs: dict[str, object]) -> MobileNetV2:
-    return MobileNetV2(num_classes=num_classes, **{**defaults, **kwargs})  # type: ignore[arg-type]
-
-
-@register_model(ModelInfo(family="mobilenetv2", paper=_PAPER, expected_params=2_296_922, note="CIFAR strides"))
-def mobilenetv2(num_classes: int = 10, **kwargs: object) -> MobileNetV2:
-    """CIFAR MobileNetV2: stride-1 stem and second stage, width 1.0."""
-    return _create_mobilenetv2(num_classes, dict(stages=CIFAR_STAGES), kwargs)
-
-
-@register_model(ModelInfo(family="mobilenetv2", paper=_PAPER, note="tests: 3 small stages", tiny=True))
-def mobilenetv2_tiny(num_classes: int = 10, **kwargs: object) -> MobileNetV2:
-    """A tiny MobileNetV2 for tests: three small stages, with and without shortcuts."""
-    stages = ((1, 4, 1, 1), (2, 8, 2, 2), (2, 8, 1, 1))
-    return _create_mobilenetv2(num_classes, dict(stages=stages, stem_width=4, head_width=16), kwargs)
+register_model("mobilenetv2", MobileNetV2, ModelInfo(family="mobilenetv2", paper=_PAPER, expected_params=2_296_922,
+                                                     note="CIFAR strides", label="MobileNetV2"), stages=CIFAR_STAGES)
+register_model("mobilenetv2_tiny", MobileNetV2, ModelInfo(family="mobilenetv2", paper=_PAPER, tiny=True,
+                                                          note="tests: 3 small stages"),
+               stages=((1, 4, 1, 1), (2, 8, 2, 2), (2, 8, 1, 1)), stem_width=4, head_width=16)

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from dsnet.models.layers import conv1x1, conv3x3
+from dsnet.models.base import ImageClassifier
 from dsnet.models.registry import ModelInfo, register_model
 
 __all__ = ["PreActBlock", "PreActResNet"]
@@ -61,7 +62,7 @@ class PreActBlock(nn.Module):
         return out + shortcut
 
 
-class PreActResNet(nn.Module):
+class PreActResNet(ImageClassifier):
     """Pre-activation ResNet with basic blocks for 32x32 inputs.
 
     Args:
@@ -71,6 +72,8 @@ class PreActResNet(nn.Module):
         act_layer: activation class.
         in_channels: input image channels.
     """
+
+    head = "linear"
 
     def __init__(
         self,
@@ -106,25 +109,10 @@ class PreActResNet(nn.Module):
             out = getattr(self, f"layer{index + 1}")(out)
         return self.pool(self.act(self.bn(out))).flatten(1)
 
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.linear(features)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Maps (B, 3, H, W) images in [0, 1] to (B, num_classes) logits."""
-        return self.forward_head(self.forward_features(x))
-
-
-def _create_preact_resnet(num_classes: int, defaults: dict[str, object], kwargs: dict[str, object]) -> PreActResNet:
-    return PreActResNet(num_classes=num_classes, **{**defaults, **kwargs})  # type: ignore[arg-type]
-
-
-@register_model(ModelInfo(family="preact_resnet", paper=_PAPER, expected_params=11_172_170, note="[2,2,2,2]"))
-def preact_resnet18(num_classes: int = 10, **kwargs: object) -> PreActResNet:
-    """PreActResNet-18 as in robust_overfitting and fast_adversarial."""
-    return _create_preact_resnet(num_classes, dict(layers=(2, 2, 2, 2)), kwargs)
-
-
-@register_model(ModelInfo(family="preact_resnet", paper=_PAPER, note="tests: [1,1,1,1], width 4", tiny=True))
-def preact_resnet_tiny(num_classes: int = 10, **kwargs: object) -> PreActResNet:
-    """A tiny pre-activation ResNet for tests: one block per stage, width 4."""
-    return _create_preact_resnet(num_classes, dict(layers=(1, 1, 1, 1), width=4), kwargs)
+register_model("preact_resnet18", PreActResNet, ModelInfo(family="preact_resnet", paper=_PAPER,
+                                                          expected_params=11_172_170, note="[2,2,2,2]",
+                                                          label="PreActResNet-18"), layers=(2, 2, 2, 2))
+register_model("preact_resnet_tiny", PreActResNet, ModelInfo(family="preact_resnet", paper=_PAPER, tiny=True,
+                                                             note="tests: [1,1,1,1], width 4"),
+               layers=(1, 1, 1, 1), width=4)

@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 
 from dsnet.models.layers import conv1x1, conv3x3
+from dsnet.models.base import ImageClassifier
 from dsnet.models.registry import ModelInfo, register_model
 
 __all__ = ["Bottleneck", "ResNet"]
@@ -75,7 +76,7 @@ class Bottleneck(nn.Module):
         return self.act3(out + self.shortcut(x))
 
 
-class ResNet(nn.Module):
+class ResNet(ImageClassifier):
     """Bottleneck ResNet for 32x32 inputs.
 
     Args:
@@ -85,6 +86,8 @@ class ResNet(nn.Module):
         act_layer: activation class used everywhere (nn.ReLU; nn.SiLU for SAT).
         in_channels: input image channels.
     """
+
+    head = "linear"
 
     def __init__(
         self,
@@ -120,39 +123,14 @@ class ResNet(nn.Module):
             out = getattr(self, f"layer{index + 1}")(out)
         return self.pool(out).flatten(1)
 
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.linear(features)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Maps (B, 3, H, W) images in [0, 1] to (B, num_classes) logits."""
-        return self.forward_head(self.forward_features(x))
-
-
-def _create_resnet(num_classes: int, defaults: dict[str, object], kwargs: dict[str, object]) -> ResNet:
-    return ResNet(num_classes=num_classes, **{**defaults, **kwargs})  # type: ignore[arg-type]
-
-
-@register_model(ModelInfo(family="resnet", paper=_PAPER, expected_params=23_520_842, note="bottleneck [3,4,6,3]"))
-def resnet50(num_classes: int = 10, **kwargs: object) -> ResNet:
-    """CIFAR ResNet-50: bottleneck [3, 4, 6, 3], 3x3 stem, no max-pool."""
-    return _create_resnet(num_classes, dict(layers=(3, 4, 6, 3)), kwargs)
-
-
-@register_model(
-    ModelInfo(family="resnet", paper=_PAPER, expected_params=27_989_578, note="our choice: bottleneck [3,4,10,3]")
-)
-def resnet62(num_classes: int = 10, **kwargs: object) -> ResNet:
-    """CIFAR ResNet-62 (DS-Net Table 1): bottleneck [3, 4, 10, 3], our reading of "62 layers"."""
-    return _create_resnet(num_classes, dict(layers=(3, 4, 10, 3)), kwargs)
-
-
-@register_model(ModelInfo(family="resnet", paper=_SAT_PAPER, expected_params=23_520_842, note="ResNet-50, SiLU"))
-def sat_resnet50(num_classes: int = 10, **kwargs: object) -> ResNet:
-    """SAT-ResNet-50: ResNet-50 with every ReLU replaced by SiLU (Swish)."""
-    return _create_resnet(num_classes, dict(layers=(3, 4, 6, 3), act_layer=nn.SiLU), kwargs)
-
-
-@register_model(ModelInfo(family="resnet", paper=_PAPER, note="tests: [1,1,1,1], width 4", tiny=True))
-def resnet_tiny(num_classes: int = 10, **kwargs: object) -> ResNet:
-    """A tiny bottleneck ResNet for tests: one block per stage, width 4."""
-    return _create_resnet(num_classes, dict(layers=(1, 1, 1, 1), width=4), kwargs)
+register_model("resnet50", ResNet, ModelInfo(family="resnet", paper=_PAPER, expected_params=23_520_842,
+                                             note="bottleneck [3,4,6,3]", label="ResNet-50"), layers=(3, 4, 6, 3))
+register_model("resnet62", ResNet, ModelInfo(family="resnet", paper=_PAPER, expected_params=27_989_578,
+                                             note="our choice: bottleneck [3,4,10,3]", label="ResNet-62"),
+               layers=(3, 4, 10, 3))
+register_model("sat_resnet50", ResNet, ModelInfo(family="resnet", paper=_SAT_PAPER, expected_params=23_520_842,
+                                                 note="ResNet-50, SiLU", label="SAT-ResNet-50"),
+               layers=(3, 4, 6, 3), act_layer=nn.SiLU)
+register_model("resnet_tiny", ResNet, ModelInfo(family="resnet", paper=_PAPER, note="tests: [1,1,1,1], width 4",
+                                                tiny=True), layers=(1, 1, 1, 1), width=4)

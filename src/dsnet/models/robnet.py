@@ -35,6 +35,7 @@ import torch.nn as nn
 
 from dsnet.errors import ConfigError
 from dsnet.models.layers import conv1x1, conv3x3
+from dsnet.models.base import ImageClassifier
 from dsnet.models.registry import ModelInfo, register_model
 
 __all__ = ["ROBNET_LARGE_V2", "SepConv", "FactorizedReduce", "ResSepConv", "RobNetCell", "RobNet"]
@@ -184,7 +185,7 @@ class RobNetCell(nn.Module):
         return torch.cat(states[-self.steps :], dim=1)
 
 
-class RobNet(nn.Module):
+class RobNet(ImageClassifier):
     """RobNet for 32x32 inputs: stem, `num_cells` cells sharing one genotype, global pool, linear.
 
     Args:
@@ -196,6 +197,8 @@ class RobNet(nn.Module):
         stem_multiplier: the stem outputs stem_multiplier·C channels.
         in_channels: input image channels.
     """
+
+    head = "classifier"
 
     def __init__(
         self,
@@ -242,25 +245,9 @@ class RobNet(nn.Module):
             s0, s1 = s1, cell(s0, s1)
         return self.pool(s1).flatten(1)
 
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.classifier(features)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Maps (B, 3, H, W) images in [0, 1] to (B, num_classes) logits."""
-        return self.forward_head(self.forward_features(x))
-
-
-def _create_robnet(num_classes: int, defaults: dict[str, object], kwargs: dict[str, object]) -> RobNet:
-    return RobNet(num_classes=num_classes, **{**defaults, **kwargs})  # type: ignore[arg-type]
-
-
-@register_model(ModelInfo(family="robnet", paper=_PAPER, expected_params=33_326_666, note="C=64, 33 cells"))
-def robnet_large_v2(num_classes: int = 10, **kwargs: object) -> RobNet:
-    """RobNet-large-v2: the shared RobNet-large genotype, C = 64, 33 cells."""
-    return _create_robnet(num_classes, dict(genotype=ROBNET_LARGE_V2, width=64, num_cells=33), kwargs)
-
-
-@register_model(ModelInfo(family="robnet", paper=_PAPER, note="tests: C=4, 3 cells", tiny=True))
-def robnet_tiny(num_classes: int = 10, **kwargs: object) -> RobNet:
-    """A tiny RobNet for tests: C = 4, 3 cells (cells 1 and 2 reduce)."""
-    return _create_robnet(num_classes, dict(genotype=ROBNET_LARGE_V2, width=4, num_cells=3), kwargs)
+register_model("robnet_large_v2", RobNet, ModelInfo(family="robnet", paper=_PAPER, expected_params=33_326_666,
+                                                    note="C=64, 33 cells", label="RobNet-large-v2"),
+               genotype=ROBNET_LARGE_V2, width=64, num_cells=33)
+register_model("robnet_tiny", RobNet, ModelInfo(family="robnet", paper=_PAPER, note="tests: C=4, 3 cells", tiny=True),
+               genotype=ROBNET_LARGE_V2, width=4, num_cells=3)

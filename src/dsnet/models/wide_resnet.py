@@ -18,8 +18,8 @@ What we changed and why:
   their checkpoints load with `strict=True` (48,262,586 parameters then).
 - Module names follow the reference (`block1.layer.0.convShortcut`, `bn1`, `fc`), so TRADES, MART and
   RobustBench WRN-34-10 checkpoints load unchanged. `convShortcut` keeps its camelCase for that reason.
-- Activations are modules from `act_layer` (SAT swaps all three sites), and the norm layer is a parameter so
-  that IE-WRN (`ie_skip.py`) can reuse the block with GroupNorm. The head pools globally instead of with a
+- Activations are modules from `act_layer` (SAT swaps all three sites), and the block and norm layer are
+  arguments, so that IE-WRN (`ie_skip.py`) is this network with IE blocks and GroupNorm, not a copy of it. The head pools globally instead of with a
   fixed 8x8 window (the same for 32x32 inputs). Dropout (0 in every reference run) is left out.
 """
 
@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 
 from dsnet.errors import ConfigError
+from dsnet.models.base import ImageClassifier
 from dsnet.models.layers import conv1x1, conv3x3
 from dsnet.models.registry import ModelInfo, register_model
 
@@ -107,8 +108,10 @@ def wrn_init(model: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-class WideResNet(nn.Module):
+class WideResNet(ImageClassifier):
     """Pre-activation wide ResNet for 32x32 inputs.
+
+    Variants are arguments: SAT swaps `act_layer`, IE-WRN (`ie_skip.py`) swaps `block` and `norm_layer`.
 
     Args:
         num_classes: classifier size.
@@ -118,6 +121,10 @@ class WideResNet(nn.Module):
         legacy_sub_block1: also build the unused second copy of group 1 of the TRADES/MART code, only so that
             their checkpoints load; it never runs and gets no gradient.
         in_channels: input image channels.
+        block: builds the blocks after the first of each group, called as
+            `block(in_channels, out_channels, stride, act_layer, norm_layer)` (in = out, stride 1); the first
+            block of a group, which changes the width or the resolution, is always a `WideBasicBlock`.
+        norm_layer: builds every normalisation layer from a channel count (BatchNorm2d by default).
     """
 
     def __init__(
@@ -128,6 +135,8 @@ class WideResNet(nn.Module):
         act_layer: type[nn.Module] = nn.ReLU,
         legacy_sub_block1: bool = False,
         in_channels: int = 3,
+        block: Callable[..., nn.Module] = WideBasicBlock,
+        norm_layer: NormLayer = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
         if depth < 10 or (depth - 4) % 6:
@@ -138,15 +147,16 @@ class WideResNet(nn.Module):
         self.conv1 = conv3x3(in_channels, widths[0], bias=False)
 
         def group(c_in: int, c_out: int, stride: int) -> WideGroup:
-            firsts = [(c_in, stride)] + [(c_out, 1)] * (blocks_per_group - 1)
-            return WideGroup([WideBasicBlock(c, c_out, s, act_layer) for c, s in firsts])
+            first = WideBasicBlock(c_in, c_out, stride, act_layer, norm_layer)
+            return WideGroup([first] + [block(c_out, c_out, 1, act_layer, norm_layer)
+                                        for _ in range(blocks_per_group - 1)])
 
         self.block1 = group(widths[0], widths[1], 1)
         if legacy_sub_block1:
             self.sub_block1 = group(widths[0], widths[1], 1)
         self.block2 = group(widths[1], widths[2], 2)
         self.block3 = group(widths[2], widths[3], 2)
-        self.bn1 = nn.BatchNorm2d(widths[3])
+        self.bn1 = norm_layer(widths[3])
         self.relu = act_layer()
         self.num_features = widths[3]
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -158,37 +168,13 @@ class WideResNet(nn.Module):
         out = self.block3(self.block2(self.block1(self.conv1(x))))
         return self.pool(self.relu(self.bn1(out))).flatten(1)
 
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.fc(features)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Maps (B, 3, H, W) images in [0, 1] to (B, num_classes) logits."""
-        return self.forward_head(self.forward_features(x))
-
-
-def _create_wide_resnet(num_classes: int, defaults: dict[str, object], kwargs: dict[str, object]) -> WideResNet:
-    return WideResNet(num_classes=num_classes, **{**defaults, **kwargs})  # type: ignore[arg-type]
-
-
-@register_model(ModelInfo(family="wide_resnet", paper=_PAPER, expected_params=46_160_474, note="no sub_block1"))
-def wrn34_10(num_classes: int = 10, **kwargs: object) -> WideResNet:
-    """WRN-34-10 as in TRADES/MART, without the unused `sub_block1`."""
-    return _create_wide_resnet(num_classes, dict(depth=34, widen_factor=10), kwargs)
-
-
-@register_model(ModelInfo(family="wide_resnet", paper=_PAPER, expected_params=36_479_194, note="no sub_block1"))
-def wrn28_10(num_classes: int = 10, **kwargs: object) -> WideResNet:
-    """WRN-28-10 (DS-Net Table 1), without the unused `sub_block1`."""
-    return _create_wide_resnet(num_classes, dict(depth=28, widen_factor=10), kwargs)
-
-
-@register_model(ModelInfo(family="wide_resnet", paper=_SAT_PAPER, expected_params=46_160_474, note="WRN-34-10, SiLU"))
-def sat_wrn34_10(num_classes: int = 10, **kwargs: object) -> WideResNet:
-    """SAT-WRN-34-10: WRN-34-10 with every ReLU replaced by SiLU (Swish)."""
-    return _create_wide_resnet(num_classes, dict(depth=34, widen_factor=10, act_layer=nn.SiLU), kwargs)
-
-
-@register_model(ModelInfo(family="wide_resnet", paper=_PAPER, note="tests: WRN-10-1", tiny=True))
-def wrn_tiny(num_classes: int = 10, **kwargs: object) -> WideResNet:
-    """A tiny wide ResNet for tests: WRN-10-1 (one block per group, widths 16/32/64)."""
-    return _create_wide_resnet(num_classes, dict(depth=10, widen_factor=1), kwargs)
+register_model("wrn34_10", WideResNet, ModelInfo(family="wide_resnet", paper=_PAPER, expected_params=46_160_474,
+                                                 note="no sub_block1", label="WRN-34-10"), depth=34, widen_factor=10)
+register_model("wrn28_10", WideResNet, ModelInfo(family="wide_resnet", paper=_PAPER, expected_params=36_479_194,
+                                                 note="no sub_block1", label="WRN-28-10"), depth=28, widen_factor=10)
+register_model("sat_wrn34_10", WideResNet, ModelInfo(family="wide_resnet", paper=_SAT_PAPER, expected_params=46_160_474,
+                                                     note="WRN-34-10, SiLU", label="SAT-WRN-34-10"),
+               depth=34, widen_factor=10, act_layer=nn.SiLU)
+register_model("wrn_tiny", WideResNet, ModelInfo(family="wide_resnet", paper=_PAPER, note="tests: WRN-10-1", tiny=True),
+               depth=10, widen_factor=1)

@@ -11,7 +11,7 @@ What each piece buys is measured by `benchmarks/throughput.py` (numbers in `benc
   On by default on GPU; off on CPU (`train.compile: auto`), where compiling DS-Net-4 takes minutes.
 - Attacks differentiate the input only with the parameters' `requires_grad` switched off
   (`dsnet.attacks.core.frozen_parameters`), so the compiled backward of an attack step skips weight gradients.
-- bf16 autocast on GPU: `dsnet.training.precision`.
+- bf16 autocast on GPU: `dsnet.runtime.precision`.
 
 If compilation fails (no C compiler, an unsupported operator), `EagerFallback` logs one warning, restores the
 eager blocks and reruns the call, so a run never dies of the optimisation.

@@ -1,17 +1,29 @@
-"""Where a run's numbers go: `metrics.jsonl` for machines, TensorBoard scalars, and one log line per epoch."""
+"""Where a run's numbers go: `metrics.jsonl` for machines, TensorBoard scalars, and one log line per epoch.
+
+`metrics.jsonl` holds one JSON object per finished epoch (its "epoch" key), plus event rows (an "event" key, no
+"epoch") such as a recipe change that `--allow-change` let into a resumed run. `read_metrics` is the one reader
+of the file: every other module (reproduce, the analyses) goes through it, so a torn last line (a killed run)
+and event rows are handled the same everywhere.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MetricsWriter", "format_epoch_line"]
+from dsnet.runtime.files import disk_full_error, is_disk_full, write_text_atomic
+from dsnet.runtime.records import read_jsonl
+
+__all__ = ["MetricsWriter", "RunLogHandler", "format_epoch_line", "read_metrics", "METRICS_NAME"]
 
 logger = logging.getLogger(__name__)
+
+METRICS_NAME = "metrics.jsonl"
+_RESUME_HINT = "free disk space and resume with --resume (the finished epochs are kept)"
 
 
 def format_epoch_line(row: dict[str, Any]) -> str:
@@ -26,6 +38,47 @@ def format_epoch_line(row: dict[str, Any]) -> str:
     return " | ".join(parts)
 
 
+def read_metrics(run: str | Path, *, events: bool = False) -> list[dict[str, Any]]:
+    """The rows of a run's `metrics.jsonl`, in order; empty when there is none.
+
+    Args:
+        run: a `dsnet train` run folder, a file inside it (a checkpoint), the metrics file itself, or a reproduce
+            cell folder (holding `train/`).
+        events: include the event rows (recipe changes), not only the epoch rows.
+    """
+    path = Path(run)
+    if path.is_file() and path.name != METRICS_NAME:
+        path = path.parent
+    if path.is_dir():
+        nested = path / "train" / METRICS_NAME
+        path = path / METRICS_NAME if (path / METRICS_NAME).is_file() or not nested.is_file() else nested
+    return [row for row in read_jsonl(path) if events or "epoch" in row]
+
+
+class RunLogHandler(logging.FileHandler):
+    """The handler of `train.log`. A failed write (a full disk) is reported once on the console and the log file
+    is given up, instead of a traceback per record: the checkpoints and `metrics.jsonl` are the run's record, and
+    their writes say clearly when the disk is full."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        if getattr(self, "_gave_up", False):
+            return
+        self._gave_up = True
+        logging.getLogger("dsnet").removeHandler(self)
+        logger.warning("cannot write %s any more (%s); the run goes on, logging to the console only",
+                       self.baseFilename, "the disk is full" if self._disk_full() else "an I/O error")
+
+    def _disk_full(self) -> bool:
+        import sys
+
+        error = sys.exc_info()[1]
+        return error is not None and is_disk_full(error)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not getattr(self, "_gave_up", False):
+            super().emit(record)
+
+
 class MetricsWriter:
     """Appends one JSON object per epoch to `metrics.jsonl` and mirrors the scalars to TensorBoard.
 
@@ -34,7 +87,7 @@ class MetricsWriter:
     """
 
     def __init__(self, out_dir: Path, tensorboard: bool = True) -> None:
-        self.path = out_dir / "metrics.jsonl"
+        self.path = out_dir / METRICS_NAME
         self._tb = None
         if tensorboard:
             try:
@@ -47,25 +100,25 @@ class MetricsWriter:
     def truncate_after(self, epoch: int) -> None:
         """Drops rows of epochs after `epoch` (a resumed run rewrites them) and a row cut short by a kill.
 
-        The file is rewritten atomically (temporary file, rename), so a kill during the rewrite loses no row.
+        The file is rewritten atomically, so a kill during the rewrite loses no row.
         """
         if not self.path.exists():
             return
-        kept = []
-        for line in self.path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # the torn last line of a killed run, or a blank line
-            if isinstance(row, dict) and row.get("epoch", 0) <= epoch:
-                kept.append(line)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.path)
+        kept = [row for row in read_jsonl(self.path) if row.get("epoch", 0) <= epoch]
+        write_text_atomic(self.path, "".join(json.dumps(row) + "\n" for row in kept), hint=_RESUME_HINT)
+
+    def _append(self, row: dict[str, Any]) -> None:
+        try:
+            with self.path.open("a") as handle:
+                handle.write(json.dumps(row) + "\n")
+        except OSError as error:
+            if error.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise disk_full_error(self.path, _RESUME_HINT) from None
+            raise
 
     def write(self, row: dict[str, Any]) -> None:
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(row) + "\n")
+        """Appends an epoch's row (and its scalars to TensorBoard)."""
+        self._append(row)
         if self._tb is not None:
             step = row["epoch"]
             for key, value in row.items():
@@ -75,6 +128,10 @@ class MetricsWriter:
                 for j, w in enumerate(weights):
                     self._tb.add_scalar(f"attention/module{i:02d}/block{j}", w, step)
             self._tb.flush()
+
+    def write_event(self, row: dict[str, Any]) -> None:
+        """Appends an event row (it carries "event" and no "epoch", so `read_metrics` keeps it apart)."""
+        self._append(row)
 
     def close(self) -> None:
         if self._tb is not None:

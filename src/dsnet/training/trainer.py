@@ -16,8 +16,8 @@ from __future__ import annotations
 import gc
 import logging
 import math
-import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,22 +28,24 @@ import torch.nn.functional as F
 import yaml
 
 from dsnet.attacks.core import sign_gradient_ascent
-from dsnet.config import RunConfig, config_from_dict, config_to_dict
+from dsnet.config import RunConfig, config_from_dict, config_to_dict, recipe_differences
 from dsnet.data import DATASETS, DeviceLoader, ImageSplit, load_dataset, to_float, train_val_split
 from dsnet.errors import CheckpointError, ConfigError, TrainingDivergedError
 from dsnet.models import create_model, split_parameters
 from dsnet.models.dsnet import DSNet
-from dsnet.training.checkpoint import (
+from dsnet.runtime.checkpoint import (
     CHECKPOINT_FORMAT,
     capture_rng_state,
     load_checkpoint,
     load_model_state,
-    remove_temp_files,
     restore_rng_state,
     save_checkpoint,
 )
+from dsnet.runtime.files import ensure_writable_folder, remove_temp_files, write_text_atomic
+from dsnet.runtime.lock import FolderLock
+from dsnet.runtime.records import describe_differences
 from dsnet.training.collapse_guard import CollapseGuard
-from dsnet.training.distributed import (
+from dsnet.runtime.distributed import (
     DistributedContext,
     all_reduce_sum,
     broadcast_buffers,
@@ -54,9 +56,10 @@ from dsnet.training.distributed import (
     teardown_distributed,
 )
 from dsnet.training.fast_path import EagerFallback, compile_regions, resolve_channels_last, resolve_compile
-from dsnet.training.metrics import MetricsWriter, format_epoch_line
+from dsnet.training.metrics import MetricsWriter, RunLogHandler, format_epoch_line
 from dsnet.training.objectives import build_objective
-from dsnet.training.precision import Precision, resolve_precision
+from dsnet.training.progress import TrainingProgress
+from dsnet.runtime.precision import Precision, resolve_precision
 from dsnet.training.schedules import build_schedule
 
 __all__ = ["train", "TrainResult", "evaluate_robustness", "build_training_data", "selected_epoch_for", "training_step"]
@@ -188,10 +191,22 @@ def training_step(
 class _Run:
     """State of one training run; `train()` drives it. Kept as a class so every piece has a name."""
 
-    def __init__(self, config: RunConfig, data_dir: str | Path, out_dir: str | Path, resume: bool) -> None:
+    def __init__(self, config: RunConfig, data_dir: str | Path, out_dir: str | Path, resume: bool,
+                 allow_changes: Sequence[str] = ()) -> None:
         self.config = config
         self.out_dir = Path(out_dir)
+        self.allow_changes = tuple(allow_changes)
+        self.lock: FolderLock | None = None
+        self._log_handler: logging.Handler | None = None
         self.ctx = setup_distributed(config.train.device)
+        try:
+            self._setup(data_dir, resume)
+        except BaseException:
+            self.close()  # gives the folder's lock back, so a corrected command can take it at once
+            raise
+
+    def _setup(self, data_dir: str | Path, resume: bool) -> None:
+        config = self.config
         self.precision = resolve_precision(config.train.amp, self.ctx.device)
         self.selected_epoch_target = selected_epoch_for(config)
         resume = self._prepare_out_dir(resume)
@@ -238,14 +253,18 @@ class _Run:
         self.history: list[dict[str, Any]] = []
         self.best_val_pgd = -1.0
         self.selected_epoch: int | None = None
+        changes: list[str] = []
         if resume:
-            self._resume()
+            changes = self._resume()
             self._write_config()  # only now: a refused resume leaves the run's config.yaml as it was
         self._decorrelate_ranks()
         self.train_model = self._wrap_model()
         self.metrics = MetricsWriter(self.out_dir, train_cfg.tensorboard) if self.ctx.is_main else None
         if self.metrics is not None:  # rows of epochs after the checkpoint are redone (a killed run leaves some)
             self.metrics.truncate_after(self.epoch - 1)
+            if changes:
+                self.metrics.write_event({"event": "recipe_change", "before_epoch": self.epoch, "changes": changes,
+                                          "allowed_by": list(self.allow_changes)})
 
     # ----------------------------------------------------------------------------------------------- setup
     def _prepare_out_dir(self, resume: bool) -> bool:
@@ -257,23 +276,20 @@ class _Run:
         """
         last = self.out_dir / "last.pt"
         started_without_checkpoint = False
+        if resume and not last.exists() and not (self.out_dir / "config.yaml").is_file():
+            raise CheckpointError(f"--resume found no {last} and no run was started in {self.out_dir}; check "
+                                  "--out-dir, or start the run without --resume")
+        if self.ctx.is_main:
+            ensure_writable_folder(self.out_dir)
+            # One writer per folder, taken before anything is read or cleaned up (FolderLock's docstring).
+            self.lock = FolderLock(self.out_dir, "training run", hint="wait for it to finish, or train into another "
+                                   "--out-dir").acquire()
         if resume and not last.exists():
-            if not (self.out_dir / "config.yaml").is_file():
-                raise CheckpointError(f"--resume found no {last} and no run was started in {self.out_dir}; check "
-                                      "--out-dir, or start the run without --resume")
             started_without_checkpoint, resume = True, False
         if not resume and last.exists():
             raise ConfigError(f"{self.out_dir} already holds a run (last.pt); continue it with --resume or "
                               "choose another --out-dir (nothing was overwritten)")
         if self.ctx.is_main:
-            try:
-                self.out_dir.mkdir(parents=True, exist_ok=True)
-                probe = self.out_dir / ".write-test"
-                probe.write_text("ok")
-                probe.unlink()
-            except OSError as error:
-                raise ConfigError(f"cannot write to --out-dir {self.out_dir}: {error.strerror or error}; "
-                                  "choose a writable folder") from None
             self._attach_log_file()
             for tmp in remove_temp_files(self.out_dir):
                 logger.info("removed %s, the unfinished write of a killed run", tmp.name)
@@ -286,13 +302,14 @@ class _Run:
 
     def _write_config(self) -> None:
         if self.ctx.is_main:
-            (self.out_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(self.config), sort_keys=False))
+            write_text_atomic(self.out_dir / "config.yaml", yaml.safe_dump(config_to_dict(self.config), sort_keys=False),
+                              hint="free disk space and rerun with --resume")
 
     def _attach_log_file(self) -> None:
         root = logging.getLogger("dsnet")
         path = str((self.out_dir / "train.log").resolve())
         if not any(getattr(h, "baseFilename", None) == path for h in root.handlers):
-            handler = logging.FileHandler(path)
+            handler = RunLogHandler(path)
             handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
             root.addHandler(handler)
             self._log_handler = handler
@@ -369,7 +386,14 @@ class _Run:
         if self.ctx.is_main:
             save_checkpoint(self._state(), self.out_dir / name)
 
-    def _resume(self) -> None:
+    def _resume(self) -> list[str]:
+        """Restores every piece of state from `last.pt`; returns the recipe changes that `allow_changes` let in.
+
+        Raises:
+            CheckpointError: the checkpoint is unreadable or of another model.
+            ConfigError: the recipe differs from the one the finished epochs were trained with (the message lists
+                the differences) in a way that `RESUME_NEUTRAL_KEYS` and `allow_changes` do not cover.
+        """
         path = self.out_dir / "last.pt"
         state = load_checkpoint(path, map_location=self.ctx.device)
         if state.get("format") != CHECKPOINT_FORMAT:
@@ -378,6 +402,7 @@ class _Run:
         if (saved.model.name, saved.model.kwargs) != (self.config.model.name, self.config.model.kwargs):
             raise CheckpointError(f"{path} was trained as {saved.model.name} {saved.model.kwargs}, but the config asks "
                                   f"for {self.config.model.name} {self.config.model.kwargs}; resume with the same model")
+        changes = self._check_same_recipe(saved, int(state["epoch"]) - 1)
         load_model_state(self.model, state, path=path, expected_name=self.config.model.name)
         self.optimizer.load_state_dict(state["optimizer"])
         if self.attention_optimizer is not None and state["attention_optimizer"] is not None:
@@ -392,18 +417,35 @@ class _Run:
         self.history = list(state["metrics"])
         self.best_val_pgd = float(state["best_val_pgd"])
         self.selected_epoch = state["selected_epoch"]
-        logger.info("resumed from %s at epoch %d step %d", path, self.epoch, self.loader.step)
+        logger.info("resumed from %s after epoch %d: continuing with epoch %d of %d", path, self.epoch - 1,
+                    self.epoch, self.config.train.epochs)
+        return changes
+
+    def _check_same_recipe(self, saved: RunConfig, finished: int) -> list[str]:
+        """The recipe of a resumed run must be the one its finished epochs were trained with.
+
+        Returns:
+            The differences `allow_changes` accepted (recorded in metrics.jsonl).
+        """
+        diffs = recipe_differences(config_to_dict(saved), config_to_dict(self.config))
+        allowed = [d for d in diffs if any(d.split(":")[0] == key or d.startswith(key + ".")
+                                           for key in self.allow_changes)]
+        refused = [d for d in diffs if d not in allowed]
+        if refused:
+            raise ConfigError(
+                f"--resume would change the recipe of {self.out_dir} ({describe_differences(refused)}); its "
+                f"{finished} finished epoch(s) were trained with its config.yaml. Resume with the same recipe, pass "
+                "--allow-change KEY for a deliberate change (recorded in metrics.jsonl), or start a new run in "
+                "another --out-dir"
+            )
+        if self.config.train.epochs < finished:
+            raise ConfigError(f"train.epochs {self.config.train.epochs} is below the {finished} epochs {self.out_dir} "
+                              "has finished; a resume can extend a run, not shorten it")
+        for change in allowed:
+            logger.warning("--allow-change: resuming with %s", change)
+        return allowed
 
     # ------------------------------------------------------------------------------------------- training
-    def _progress(self, total: int, initial: int):  # noqa: ANN202
-        enabled = self.ctx.is_main and self.config.train.progress and sys.stderr.isatty()
-        if not enabled:
-            return None
-        from tqdm import tqdm
-
-        return tqdm(total=total, initial=initial, desc=f"epoch {self.epoch}", file=sys.stderr, leave=False,
-                    mininterval=0.3, dynamic_ncols=True)
-
     def _check_finite(self, value: float, where: str, what: str = "the training loss") -> None:
         if not math.isfinite(value):
             last = self.out_dir / "last.pt"
@@ -440,7 +482,7 @@ class _Run:
         device = self.ctx.device
         totals = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, correct, count
         start_step = self.loader.step
-        bar = self._progress(steps_per_epoch, start_step)
+        self.progress.start_epoch(self.epoch, start_step)
         t0 = time.perf_counter()
         images = 0
         lr = self.schedule(self.epoch + start_step / steps_per_epoch)
@@ -457,19 +499,16 @@ class _Run:
             totals[1] += (out.logits.detach().argmax(1) == out.targets).sum()
             totals[2] += batch
             images += batch
-            if (step + 1) % cfg.log_every == 0 or step + 1 == steps_per_epoch:
+            log_step = (step + 1) % cfg.log_every == 0 or step + 1 == steps_per_epoch
+            if log_step:
                 loss_now = float(out.loss.detach())  # the one host sync, at log steps only
                 self._check_finite(loss_now, f"epoch {self.epoch} step {step + 1}")
-                if bar is not None:
-                    rate = images * self.ctx.world_size / max(time.perf_counter() - t0, 1e-9)
-                    bar.set_postfix(loss=f"{loss_now:.3f}", acc=f"{float(totals[1] / totals[2]):.3f}",
-                                    img_s=f"{rate:.0f}")
-            if bar is not None:
-                bar.update(1)
+            rate = images * self.ctx.world_size / max(time.perf_counter() - t0, 1e-9)
+            self.progress.step(step + 1, rate, loss=lambda o=out: float(o.loss.detach()),
+                               accuracy=lambda: float(totals[1] / totals[2]), log_step=log_step)
             if step + 1 >= steps_per_epoch:
                 break
-        if bar is not None:
-            bar.close()
+        self.progress.end_epoch()
         elapsed = time.perf_counter() - t0
         all_reduce_sum(totals)
         train_loss = float(totals[0] / totals[2]) if totals[2] > 0 else float("nan")
@@ -512,10 +551,13 @@ class _Run:
 
     def run(self) -> TrainResult:
         cfg = self.config.train
-        if self.ctx.is_main and self.epoch == 1 and self.loader.step == 0:
-            logger.info("config: %s", config_to_dict(self.config))
-            logger.info("model %s on %s, precision %s, %d process(es)", self.config.model.name, self.ctx.device,
-                        self.precision.name, self.ctx.world_size)
+        steps = len(self.loader) if cfg.max_steps_per_epoch is None else min(len(self.loader), cfg.max_steps_per_epoch)
+        self.progress = TrainingProgress(enabled=self.ctx.is_main and cfg.progress, epochs=cfg.epochs,
+                                         steps_per_epoch=steps, first_epoch=self.epoch)
+        if self.ctx.is_main and self.epoch <= cfg.epochs:
+            logger.info("%s: the resolved recipe is %s", "resuming" if self.history else "training",
+                        self.out_dir / "config.yaml")
+            logger.info("%s", self._summary(steps))
         stopped: str | None = None
         while self.epoch <= cfg.epochs:
             row = self._train_epoch()
@@ -554,9 +596,21 @@ class _Run:
                            "epoch); selected.pt is the last epoch", cfg.selection)
             self.selected_epoch = self.history[-1]["epoch"]
             self._save("selected.pt")
+        self.progress.close()
         if self.metrics is not None:
             self.metrics.close()
         return TrainResult(self.out_dir, len(self.history), self.history, self.selected_epoch, stopped)
+
+    def _summary(self, steps: int) -> str:
+        """One line on what runs: model, objective, schedule length, data, device."""
+        objective = self.objective.config()
+        shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in objective.items()
+                          if k in ("eps", "step_size", "steps", "beta"))
+        parameters = sum(p.numel() for p in self.model.parameters())
+        return (f"model {self.config.model.name} ({parameters:,} parameters) | objective {objective['name']}"
+                f"{' (' + shown + ')' if shown else ''} | epochs {self.epoch} to {self.config.train.epochs}, "
+                f"{steps} steps each, batch {self.config.train.batch_size} | {len(self.train_split)} training images | "
+                f"{self.ctx.device}, {self.precision.name}, {self.ctx.world_size} process(es)")
 
     def _check_replicas(self, row: dict[str, Any]) -> None:
         """Under DDP: gives every rank rank 0's BN buffers, then checks that all replicas agree (a desync would
@@ -574,6 +628,10 @@ class _Run:
         if handler is not None:
             logging.getLogger("dsnet").removeHandler(handler)
             handler.close()
+            self._log_handler = None
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
         if self.ctx.owns_process_group:
             # DDP's reducer holds the process group: freed after the group was destroyed, it would destroy gloo's
             # group while holding the GIL, which deadlocks when a gloo worker thread still needs the GIL.
@@ -582,19 +640,24 @@ class _Run:
             teardown_distributed()
 
 
-def train(config: RunConfig, data_dir: str | Path, out_dir: str | Path, *, resume: bool = False) -> TrainResult:
+def train(config: RunConfig, data_dir: str | Path, out_dir: str | Path, *, resume: bool = False,
+          allow_changes: Sequence[str] = ()) -> TrainResult:
     """Trains `config.model` with `config.objective` and writes the run folder `out_dir`.
 
     Args:
         config: a validated recipe (`dsnet.config.load_config`).
         data_dir: dataset folder; the dataset is downloaded there when missing (unless data.download is off).
         out_dir: run folder; must not hold a run unless `resume` is set.
-        resume: continue the run in `out_dir` exactly where its `last.pt` stopped.
+        resume: continue the run in `out_dir` exactly where its `last.pt` stopped. The recipe must be the one the
+            run was trained with, apart from settings that cannot change the finished epochs
+            (`dsnet.config.RESUME_NEUTRAL_KEYS`: more epochs, device, progress and logging switches).
+        allow_changes: dotted keys (`objective.beta`) or sections (`objective`) that a resume may change on
+            purpose; each change is logged and recorded in metrics.jsonl.
 
     Raises:
         ConfigError, DataError, CheckpointError, TrainingDivergedError: with a one-line message saying what to do.
     """
-    run = _Run(config, data_dir, out_dir, resume)
+    run = _Run(config, data_dir, out_dir, resume, allow_changes)
     try:
         return run.run()
     finally:

@@ -1,4 +1,4 @@
-"""One code path for 1..n processes: detect `torchrun`, set up the process group, reduce across ranks.
+"""One code path for 1..n processes: detect `torchrun`, set up the process group, shard work, reduce across ranks.
 
 Without torchrun's environment variables everything here is a no-op on a single process, so the trainer
 and the evaluator never branch on whether they run distributed.
@@ -26,6 +26,10 @@ __all__ = [
     "setup_distributed",
     "teardown_distributed",
     "all_reduce_sum",
+    "all_reduce",
+    "gather_objects",
+    "barrier",
+    "shard_positions",
     "resolve_device",
     "CPUSyncBatchNorm",
     "convert_sync_batchnorm",
@@ -56,25 +60,37 @@ class DistributedContext:
         return self.world_size > 1
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """'auto' -> the local CUDA device when there is one, else the CPU; 'cuda' -> the local rank's GPU."""
+def resolve_device(name: str, local_rank: int = 0, option: str = "train.device") -> torch.device:
+    """'auto' -> the local CUDA device when there is one, else the CPU; 'cuda' -> the local rank's GPU.
+
+    Raises:
+        ConfigError: naming `option` (the setting the user gave), when the device does not exist here.
+    """
+    from dsnet.errors import ConfigError
+
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
+    try:
+        device = torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"{option} {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()):
-        from dsnet.errors import ConfigError
-
-        raise ConfigError(f"train.device {name} asks for {device}, but this machine has "
-                          f"{torch.cuda.device_count()} visible GPU(s); use train.device=auto or cpu")
+        raise ConfigError(f"{option} {name} asks for {device}, but this machine has "
+                          f"{torch.cuda.device_count()} visible GPU(s); use {option} auto or cpu")
     return device
 
 
-def setup_distributed(device: str = "auto") -> DistributedContext:
-    """Reads torchrun's RANK / WORLD_SIZE / LOCAL_RANK and joins the process group (NCCL on GPU, gloo on CPU)."""
+def setup_distributed(device: str = "auto", option: str = "train.device") -> DistributedContext:
+    """Reads torchrun's RANK / WORLD_SIZE / LOCAL_RANK and joins the process group (NCCL on GPU, gloo on CPU).
+
+    Args:
+        device: "auto", "cpu", "cuda" or "cuda:N".
+        option: how the user set `device` ("train.device", "--device"), for the error message.
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    resolved = resolve_device(device, local_rank)
+    resolved = resolve_device(device, local_rank, option)
     if resolved.type == "cuda":
         torch.cuda.set_device(resolved)
     joined = False
@@ -92,9 +108,54 @@ def teardown_distributed() -> None:
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sums a tensor over all ranks in place (no-op on one process) and returns it."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return all_reduce(tensor, "sum")
+
+
+def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """Reduces a tensor over all ranks in place with "sum", "max" or "min" (no-op on one process)."""
+    if _group_size() > 1:
+        ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
+        dist.all_reduce(tensor, op=ops[op])
     return tensor
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's `obj` (picklable), in rank order; a one-element list on one process."""
+    if _group_size() <= 1:
+        return [obj]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def barrier() -> None:
+    """Waits for every rank (no-op on one process)."""
+    if _group_size() > 1:
+        dist.barrier()
+
+
+def shard_positions(n: int, rank: int, world_size: int, block: int = 1) -> torch.Tensor:
+    """The positions 0..n-1 that `rank` of `world_size` processes works on.
+
+    Blocks of `block` consecutive positions are dealt round-robin: block b goes to rank b % world_size. The
+    ranks' positions partition range(n), and each rank's positions come in whole blocks, so with `block` equal
+    to the batch size every rank forms exactly the batches a single process would form.
+
+    Args:
+        n: number of points.
+        rank: this process's rank, 0 <= rank < world_size.
+        world_size: number of processes.
+        block: positions per block.
+
+    Returns:
+        (m,) int64 positions, increasing.
+    """
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
+    if block < 1 or n < 0:
+        raise ValueError(f"need n >= 0 and block >= 1, got n={n}, block={block}")
+    positions = torch.arange(n)
+    return positions[(positions // block) % world_size == rank]
 
 
 @contextlib.contextmanager

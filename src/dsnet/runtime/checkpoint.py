@@ -1,18 +1,18 @@
-"""Checkpoints: written atomically, loaded safely, and checked against the model they are loaded into.
+"""Checkpoint I/O: written atomically, loaded safely, and checked against the model they are loaded into.
 
 A checkpoint is a dict of tensors and plain Python values only, so `torch.load(..., weights_only=True)`
-reads it and a checkpoint from the internet cannot run code. It is written to a temporary file in the same
-folder, flushed to disk, and renamed into place: a reader never sees a half-written file, and a crash or a
-full disk while writing leaves the previous checkpoint intact.
+reads it and a checkpoint from the internet cannot run code. It is written through
+`dsnet.runtime.files.write_atomic`: a reader never sees a half-written file, and a crash or a full disk while
+writing leaves the previous checkpoint intact. Training, evaluation, export and the analyses all load through
+here, so every one of them refuses the same files with the same message.
 """
 
 from __future__ import annotations
 
-import os
 import pickle
+import pickletools
 import random
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -22,11 +22,13 @@ import torch
 import torch.nn as nn
 
 from dsnet.errors import CheckpointError
+from dsnet.runtime.files import remove_temp_files, save_torch_atomic
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "save_checkpoint",
     "remove_temp_files",
+    "load_tensors_file",
     "load_checkpoint",
     "load_model_state",
     "capture_rng_state",
@@ -36,84 +38,103 @@ __all__ = [
 CHECKPOINT_FORMAT = "dsnet-checkpoint-v1"
 
 
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Writes `state` to `path` atomically (temporary file, fsync, rename).
+def save_checkpoint(state: dict[str, Any], path: str | Path,
+                    hint: str = "free disk space and resume with --resume") -> Path:
+    """Writes `state` to `path` atomically (temporary file, fsync, rename; `dsnet.runtime.files.write_atomic`).
 
     Raises:
-        CheckpointError: the folder is not writable or the disk is full; the previous file at `path` is kept.
+        DiskFullError: the disk is full; the previous file at `path` is intact and no temporary file is left.
+        WriteError: the folder is not writable (same guarantees).
+    """
+    return save_torch_atomic(state, path, hint=hint)
+
+
+_UNSAFE = re.compile(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)")
+
+
+def load_tensors_file(path: str | Path, map_location: str | torch.device = "cpu", what: str = "checkpoint") -> Any:
+    """Reads a file saved with `torch.save` using `weights_only=True`, whatever object it holds.
+
+    A file is called unsafe only when torch names a global it refuses to import (a pickled class or function that
+    could run code); a file torch cannot parse at all (random bytes, a truncated download, a plain pickle) is
+    corrupt or not a torch file.
+
+    Raises:
+        CheckpointError: the file is missing, unsafe, truncated or corrupt; one line with what to do.
     """
     path = Path(path)
+    if not path.is_file():
+        where = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise CheckpointError(f"{what} {path} {where}; train one with `dsnet train` or check the path")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as error:
-        raise CheckpointError(f"cannot write checkpoint in {path.parent}: {error.strerror or error}; "
-                              "choose a writable --out-dir") from None
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as error:
-        tmp.unlink(missing_ok=True)
-        raise CheckpointError(f"could not write checkpoint {path}: {error.strerror or error}; the previous "
-                              "checkpoint is unchanged; free disk space and resume with --resume") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        unsafe = _UNSAFE.search(str(error))
+        if unsafe:
+            raise CheckpointError(
+                f"refusing to load {path}: it holds a pickled {unsafe.group(1)}, which could run code; only "
+                "tensors-only checkpoints are accepted (re-save the weights as a plain state dict)"
+            ) from None
+        hidden = _pickled_global(path)
+        if hidden is not None:
+            raise CheckpointError(
+                f"refusing to load {path}: it holds a pickled {hidden}, which could run code; only tensors-only "
+                "checkpoints are accepted (re-save the weights as a plain state dict)"
+            ) from None
+        raise CheckpointError(f"{what} {path} is corrupt, truncated or not a torch file (its pickle data cannot be "
+                              "read); use another copy or the previous checkpoint") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, IndexError,
+            AttributeError, TypeError) as error:
+        text = str(error).strip()
+        first = text.splitlines()[0].split(". ")[0] if text else ""
+        detail = first if isinstance(error, RuntimeError) and first else f"{type(error).__name__} {first}".strip()
+        raise CheckpointError(f"{what} {path} is truncated or corrupt ({detail[:120]}); "
+                              "use another copy or the previous checkpoint") from None
+    _check_records(path, what)
+    return obj
 
 
-def remove_temp_files(folder: str | Path) -> list[Path]:
-    """Deletes the temporary files that `save_checkpoint` leaves behind when its process is killed mid-write.
+def _pickled_global(path: Path) -> str | None:
+    """The first global a well-formed pickle in `path` would import (None when it names none or is not a pickle).
 
-    Only call it where no other process is writing checkpoints into `folder` (the trainer does, on rank 0, before
-    its first write); a checkpoint under its real name is never touched.
-
-    Returns:
-        The files removed.
+    torch's weights-only unpickler stops at the first opcode it does not support, which for a pickle of protocol
+    4 or 5 comes before any global; this scan reads the opcodes without executing anything.
     """
-    removed = sorted(Path(folder).glob(".*.pt.*.tmp"))
-    for tmp in removed:
-        tmp.unlink(missing_ok=True)
-    return removed
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                names = [n for n in archive.namelist() if n.endswith("data.pkl")]
+                data = archive.read(names[0]) if names else b""
+        else:
+            data = path.read_bytes()
+        strings: list[str] = []
+        for opcode, arg, _ in pickletools.genops(data):
+            if opcode.name in ("GLOBAL", "INST"):
+                return str(arg).replace(" ", ".")
+            if opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                return f"{strings[-2]}.{strings[-1]}"
+            if isinstance(arg, str):
+                strings.append(arg)
+    except (ValueError, zipfile.BadZipFile, OSError, EOFError, KeyError, IndexError):
+        return None
+    return None
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Reads a checkpoint with `weights_only=True`.
+    """Reads a checkpoint (a dict) with `weights_only=True`.
 
     Raises:
         CheckpointError: the file is missing, truncated, not a checkpoint, or holds pickled objects that would
             run code (which we refuse to load).
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; train one with `dsnet train` or check the path")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
-        text = str(error)
-        unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-        if unsafe or "weights_only" in text.lower() or "Weights only" in text:
-            what = f"a pickled {unsafe.group(1)}" if unsafe else "pickled Python objects"
-            raise CheckpointError(
-                f"refusing to load {path}: it holds {what}, which could run code; only tensors-only checkpoints "
-                "are accepted (re-save the weights as a plain state dict)"
-            ) from None
-        raise CheckpointError(f"checkpoint {path} is corrupt ({text.strip()[:120]}); use another copy") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
-        first = str(error).strip().splitlines()[0].split(". ")[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({first[:120]}); "
-                              "use another copy or the previous checkpoint") from None
+    state = load_tensors_file(path, map_location)
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} is not a checkpoint (it holds a {type(state).__name__}, not a dict)")
-    _check_records(path)
     return state
 
 
-def _check_records(path: Path) -> None:
+def _check_records(path: Path, what: str = "checkpoint") -> None:
     """Compares every record of a zip-format checkpoint with the CRC-32 that `torch.save` stored for it.
 
     `torch.load` does not, so flipped bytes inside tensor data (a bad copy, a failing disk) would otherwise load
@@ -130,7 +151,7 @@ def _check_records(path: Path) -> None:
                     while record.read(1 << 24):
                         pass
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
-        raise CheckpointError(f"checkpoint {path} is corrupt ({str(error).strip()[:120] or type(error).__name__}); "
+        raise CheckpointError(f"{what} {path} is corrupt ({str(error).strip()[:120] or type(error).__name__}); "
                               "use another copy or the previous checkpoint") from None
 
 

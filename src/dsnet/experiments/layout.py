@@ -1,0 +1,95 @@
+"""Where `dsnet reproduce` keeps everything under its `--out-dir`, and what state a cell is in.
+
+    runs/<dataset>-<style>-<variant>-seed<seed>/   one training run, shared by every grid that needs it
+        cell.json        what the worker needs: recipe, evaluation spec, derivation
+        recipe.yaml      the resolved recipe (`dsnet train --config` reads it the same way)
+        train/           the `dsnet train` run folder (config.yaml, metrics.jsonl, last.pt, selected.pt)
+        eval/<tag>/report.json   one evaluation of train/selected.pt (the tag names attacks, n and a hash)
+        eval/<tag>/autoattack/report.json   AutoAttack on the paper's 12.5 % subset, when the spec asks for it
+        worker.log       output of the worker process (parallel runs only)
+    tables/<grid>.md, <grid>.csv (and <grid>.png for figures)
+
+This module is the only one that spells these names; the runner, the aggregation and the status report all
+ask it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import yaml
+
+from dsnet.training.metrics import read_metrics
+
+if TYPE_CHECKING:
+    from dsnet.experiments.grids import Cell
+
+__all__ = [
+    "RUNS", "TABLES", "CELL_FILE", "RECIPE_FILE", "TRAIN_DIR", "REPORT_NAME", "AUTOATTACK_DIR", "WORKER_LOG",
+    "cell_dir", "run_dir", "eval_dir", "tables_dir", "training_finished", "cell_state", "CELL_STATES",
+]
+
+RUNS = "runs"
+TABLES = "tables"
+CELL_FILE = "cell.json"
+RECIPE_FILE = "recipe.yaml"
+TRAIN_DIR = "train"
+REPORT_NAME = "report.json"
+AUTOATTACK_DIR = "autoattack"
+WORKER_LOG = "worker.log"
+
+CELL_STATES = ("done", "evaluate", "resume", "train", "waiting")
+"""A cell is done (evaluated), trained and waiting to be evaluated, resumable (it has a last.pt), to be trained,
+or waiting for the run it is derived from."""
+
+
+def cell_dir(out_dir: str | Path, cell: Cell | str) -> Path:
+    """`<out>/runs/<run_id>` of a cell (or of a run id)."""
+    return Path(out_dir) / RUNS / (cell if isinstance(cell, str) else cell.run_id)
+
+
+def run_dir(out_dir: str | Path, cell: Cell | str) -> Path:
+    """`<out>/runs/<run_id>/train`, the cell's `dsnet train` run folder."""
+    return cell_dir(out_dir, cell) / TRAIN_DIR
+
+
+def eval_dir(out_dir: str | Path, cell: Cell) -> Path:
+    """`<out>/runs/<run_id>/eval/<tag>`."""
+    return cell_dir(out_dir, cell) / "eval" / cell.eval.tag
+
+
+def tables_dir(out_dir: str | Path) -> Path:
+    """`<out>/tables`."""
+    return Path(out_dir) / TABLES
+
+
+def training_finished(folder: Path, epochs: int) -> bool:
+    """Whether the `dsnet train` run in `folder` has selected a checkpoint and logged its last epoch."""
+    if not (folder / "selected.pt").is_file():
+        return False
+    rows = read_metrics(folder)
+    return bool(rows) and int(rows[-1].get("epoch", 0)) >= epochs
+
+
+def _recipe_epochs(out_dir: str | Path, run_id: str) -> int | None:
+    recipe = cell_dir(out_dir, run_id) / RECIPE_FILE
+    if not recipe.is_file():
+        return None
+    return int((yaml.safe_load(recipe.read_text()) or {}).get("train", {}).get("epochs", 0))
+
+
+def cell_state(out_dir: str | Path, cell: Cell) -> str:
+    """One of `CELL_STATES`, read from the files under `out_dir`."""
+    if (eval_dir(out_dir, cell) / REPORT_NAME).is_file():
+        return "done"
+    train = run_dir(out_dir, cell)
+    if training_finished(train, int(cell.recipe.get("train", {}).get("epochs", 0))):
+        return "evaluate"
+    if (train / "last.pt").is_file():
+        return "resume"
+    if cell.parent_id is not None:
+        epochs = _recipe_epochs(out_dir, cell.parent_id)
+        if epochs is None or not training_finished(run_dir(out_dir, cell.parent_id), epochs):
+            return "waiting"
+    return "train"
