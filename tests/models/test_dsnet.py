@@ -9,7 +9,7 @@ import torch.nn as nn
 from dsnet.errors import ConfigError, UnknownNameError
 from dsnet.models import BLOCKS, create_model, list_models, register_block, split_parameters
 from dsnet.models.atomic_blocks import AdaRKBlock, DenseBlock, ReductionBlock
-from dsnet.models.dsnet import ATTENTION_INITS, pruned_config, width_for_params
+from dsnet.models.dsnet import ATTENTION_INITS, init_attention, pruned_config, width_for_params
 from dsnet.models.profile import count_parameters
 
 
@@ -81,7 +81,47 @@ def test_initialisations_scale(init: str) -> None:
     torch.manual_seed(0)
     large = create_model("dsnet_tiny", attention_init=init, attention_scale=1.0).attention.detach()
     torch.testing.assert_close(large * 1e-3, small)
-    assert small.abs().max() < 0.05  # the authors' 1e-3 scale keeps the initial weights near 1/N
+    torch.manual_seed(0)
+    paper = create_model("dsnet_tiny", attention_init=init, attention_init_params="paper").attention.detach()
+    assert paper.abs().max() < 0.05  # at the authors' 1e-3 scale the paper's distributions stay near 1/N
+    if init != "lognormal":  # the two parameter sets differ for the lognormal only
+        torch.testing.assert_close(paper, small)
+
+
+# (distribution, parameters) -> mean and std of log(sample) for the lognormal, mean and variance otherwise
+_MOMENTS = {
+    ("normal", "authors"): (0.0, 1.0), ("uniform", "authors"): (0.5, 1 / 12), ("exponential", "authors"): (1.0, 1.0),
+    ("geometric", "authors"): (2.0, 2.0), ("lognormal", "authors"): (1.0, 2.0), ("lognormal", "paper"): (0.0, 1.0),
+}
+
+
+@pytest.mark.parametrize(("init", "params"), sorted(_MOMENTS))
+def test_distributions_take_the_authors_or_the_papers_parameters(init: str, params: str) -> None:
+    """The authors draw `log_normal_()` with torch's defaults, LogNormal(1, 2); the paper's text says (0, 1)."""
+    torch.manual_seed(0)
+    sample = init_attention((400, 500), init, scale=1.0, params=params).double()
+    if init == "lognormal":
+        sample = sample.log()
+        first, second = sample.mean(), sample.std()
+    else:
+        first, second = sample.mean(), sample.var()
+    assert (float(first), float(second)) == pytest.approx(_MOMENTS[(init, params)], abs=0.02)
+
+
+def test_the_authors_lognormal_starts_far_from_uniform_on_dsnet4() -> None:
+    """The expected largest |w - 1/4| of DS-Net-4's (15, 4) weights at scale 1e-3: about 0.09 with the authors'
+    lognormal, about 0.002 with the paper's (and with every other distribution)."""
+    def spread(**kwargs: object) -> float:
+        values = []
+        for seed in range(50):
+            torch.manual_seed(seed)
+            weights = torch.softmax(init_attention((15, 4), **kwargs), dim=1)  # type: ignore[arg-type]
+            values.append(float((weights - 0.25).abs().max()))
+        return sum(values) / len(values)
+
+    assert spread(kind="lognormal") > 0.05
+    assert spread(kind="lognormal", params="paper") < 0.005
+    assert all(spread(kind=kind) < 0.005 for kind in ATTENTION_INITS if kind != "lognormal")
 
 
 def test_given_attention_weights_load(tmp_path) -> None:

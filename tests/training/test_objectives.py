@@ -364,6 +364,26 @@ def test_attack_in_eval_mode_outer_in_train_mode(name: str, outer_forwards: int)
     assert out.loss.dim() == 0 and out.loss.requires_grad
 
 
+@pytest.mark.parametrize("name", ["trades", "mart"])
+@pytest.mark.parametrize("order", ["adversarial_first", "clean_first"])
+def test_outer_forwards_run_in_the_chosen_order(name: str, order: str) -> None:
+    """DS-Net's script runs the adversarial batch first, so BN statistics weigh the clean batch more; the loss and
+    its gradient do not depend on the order."""
+    model, (x, y) = make_bn(), make_batch()
+    inputs: list[torch.Tensor] = []
+    model[2].register_forward_pre_hook(lambda m, args: inputs.append(args[0].detach().clone()) if m.training else None)
+    out = build_objective(name, outer_order=order)(model, x, y, epoch=1.0, generator=gen())
+    first, second = inputs
+    clean = model[1](x.flatten(1)).detach()
+    assert torch.equal(second if order == "adversarial_first" else first, clean)
+    expected = 0.09 * first.mean(0) + 0.1 * second.mean(0)  # fresh statistics, momentum 0.1, two updates
+    torch.testing.assert_close(model[2].running_mean, expected)
+    other = build_objective(name, outer_order="clean_first" if order == "adversarial_first" else "adversarial_first")
+    again = other(make_bn(), x, y, epoch=1.0, generator=gen())
+    torch.testing.assert_close(out.loss, again.loss)
+    assert build_objective(name).outer_order == "adversarial_first"  # the authors' order is the default
+
+
 def test_fast_at_train_mode_attack_uses_batch_statistics() -> None:
     model, (x, y) = make_bn(), make_batch()
     records = record_bn(model)

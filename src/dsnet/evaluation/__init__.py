@@ -33,6 +33,7 @@ _EXPORTS = {
     "check_eps_sweep": "sanity",
     "check_square": "sanity",
     "check_perturbations": "sanity",
+    "check_pgd_vs_margin": "sanity",
 }
 
 __all__ = list(_EXPORTS)

@@ -50,6 +50,7 @@ from dsnet.evaluation.sanity import (
     check_eps_sweep,
     check_ordering,
     check_perturbations,
+    check_pgd_vs_margin,
     check_square,
 )
 from dsnet.evaluation.state import STATE_NAME, EvalState
@@ -466,6 +467,7 @@ def _evaluate(ctx: DistributedContext, started: float, names: list[str], checkpo
         check_eps_sweep(sweep, sweep_n, reason_skipped="skipped (--no-sanity)."),
         check_square(aa.get("stage_accuracy") if aa else None, aa.get("stages_run") if aa else None),
         check_perturbations({o.name: o.stats for o in outcomes if o.name != "clean"}, labels_short, eps),
+        check_pgd_vs_margin({o.name: o.flags for o in outcomes}, labels_short),
     ]
     device_name = (f"{ctx.device} ({torch.cuda.get_device_name(ctx.device)})" if ctx.device.type == "cuda"
                    else f"cpu ({torch.get_num_threads()} threads)")

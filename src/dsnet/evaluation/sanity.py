@@ -10,6 +10,11 @@ passed, failed or skipped, with one sentence saying why:
 - `check_square`: the black-box Square attack must not lower AutoAttack's accuracy after the white-box attacks
   by more than 0.2 % (AutoAttack's own threshold).
 - `check_perturbations`: every adversarial point lies in the ε-ball and in [0, 1], with no NaN.
+- `check_pgd_vs_margin`: PGD on cross-entropy must break most of the points that the margin-loss attacks (CW∞,
+  AutoAttack) break. It needs no extra attack, so it works with the ε sweep off: a model whose softmax saturates
+  (logits scaled up) gives PGD zero gradients while the margin losses still lead somewhere, and a model whose
+  gradients vanish everywhere (an input rounded to the 8-bit grid) leaves the breaking to AutoAttack's black-box
+  Square, which PGD cannot follow either.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ __all__ = [
     "check_eps_sweep",
     "check_square",
     "check_perturbations",
+    "check_pgd_vs_margin",
+    "MARGIN_ATTACKS",
+    "PGD_MARGIN_SHARE",
     "ORDERING_CHAIN",
     "SQUARE_THRESHOLD",
     "SWEEP_EPS_FACTORS",
@@ -41,6 +49,15 @@ SWEEP_EPS_FACTORS = (0.5, 1.0, 2.0, 4.0)
 
 SWEEP_LARGE_EPS = 0.5
 """The large ε at the end of the sweep, where accuracy must be about 0."""
+
+MARGIN_ATTACKS = ("cw_inf", "autoattack")
+"""Attacks whose losses are margins (CW's, APGD-T's DLR) or that need no gradient (Square, inside AutoAttack)."""
+
+PGD_MARGIN_SHARE = 0.5
+"""Least share of the points broken by a margin-loss attack that PGD must break as well."""
+
+PGD_MARGIN_MIN_POINTS = 3
+"""Fewer points broken by the margin attacks than this say nothing either way."""
 
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
 
@@ -199,3 +216,40 @@ def check_perturbations(stats: Mapping[str, Mapping[str, Any]], labels: Mapping[
         return SanityCheck("perturbation_bounds", title, FAILED, "; ".join(problems) + ".", details)
     return SanityCheck("perturbation_bounds", title, PASSED,
                        f"largest ||δ||∞ {largest:.5f} ≤ ε = {eps:.5f}, all values in [0, 1], no NaN.", details)
+
+
+def check_pgd_vs_margin(flags: Mapping[str, Any], labels: Mapping[str, str]) -> SanityCheck:
+    """PGD (cross-entropy) breaks at least `PGD_MARGIN_SHARE` of the points the margin-loss attacks break.
+
+    Args:
+        flags: metric name -> (n,) bool per-point flags (True = still correct); "clean" and "pgd" are needed, and
+            at least one of `MARGIN_ATTACKS`.
+        labels: metric name -> display label.
+    """
+    title = "PGD breaks most of the points that the margin-loss attacks break (CE gradients do not vanish)"
+    margin = [name for name in MARGIN_ATTACKS if name in flags]
+    if "pgd" not in flags or "clean" not in flags or not margin:
+        return SanityCheck("pgd_vs_margin", title, SKIPPED,
+                           "needs PGD and a margin-loss attack (CW∞ or AutoAttack) on the same points.")
+    clean = flags["clean"].bool()
+    broken_by_margin = clean.clone() & False
+    for name in margin:
+        broken_by_margin |= clean & ~flags[name].bool()
+    broken_by_pgd = clean & ~flags["pgd"].bool()
+    m = int(broken_by_margin.sum())
+    k = int((broken_by_margin & broken_by_pgd).sum())
+    names = " and ".join(labels.get(name, name) for name in margin)
+    details = {"margin_attacks": margin, "broken_by_margin": m, "also_broken_by_pgd": k, "share": k / m if m else None,
+               "threshold": PGD_MARGIN_SHARE, "min_points": PGD_MARGIN_MIN_POINTS}
+    if m < PGD_MARGIN_MIN_POINTS:
+        return SanityCheck("pgd_vs_margin", title, SKIPPED,
+                           f"{names} broke {m} point(s), too few to compare with {labels.get('pgd', 'PGD')}.", details)
+    pgd = labels.get("pgd", "PGD")
+    if k < PGD_MARGIN_SHARE * m:
+        return SanityCheck("pgd_vs_margin", title, FAILED,
+                           f"{pgd} broke only {k} of the {m} points that {names} broke: cross-entropy gradients "
+                           "vanish or mislead (a saturated softmax, a non-differentiable input step), a sign of "
+                           "gradient masking; trust the margin and black-box attacks, not PGD.", details)
+    return SanityCheck("pgd_vs_margin", title, PASSED,
+                       f"{pgd} broke {k} of the {m} points that {names} broke ({_pct(k / m)}, at least "
+                       f"{_pct(PGD_MARGIN_SHARE)}).", details)

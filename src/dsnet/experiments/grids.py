@@ -14,7 +14,9 @@ Grids (paper setting in brackets):
 - `table4`: prune DS-Net-4 to its top-m blocks per module, retrain with the weights fixed (Table 4).
 - `fig4`: (a) fixed uniform weights vs learned ones under AT, TRADES (β = 1), MART; (b) four copies of one
   block type (Figure 4).
-- `fig5`: attention initialisations (Figure 5), at the paper text's scale σ = 1 (see `Variant`).
+- `fig5`: attention initialisations (Figure 5) as the authors' code draws them: scale 1e-3 and their
+  distributions' parameters (the lognormal is LogNormal(1, 2)); the paper text's σ = 1 and LogNormal(0, 1) are
+  `--set model.kwargs.attention_scale=1.0 --set model.kwargs.attention_init_params=paper`.
 - `fig6`: 2 or 3 of the 4 blocks, width matched to DS-Net-4's parameter count (Figure 6; seed 0 as the paper).
 
 The scale (`Scale`) decides how big each run is: `paper` uses the recipes as written; `mini` shrinks epochs,
@@ -224,9 +226,9 @@ GRIDS: dict[str, GridSpec] = {
         {"at": ("pgd",), "trades1": ("pgd",), "mart": ("pgd",)},
     ),
     "fig5": GridSpec(
-        "fig5", "Figure 5: attention initialisations (AT, CIFAR-10, σ = 1 as the paper's text)",
+        "fig5", "Figure 5: attention initialisations (AT, CIFAR-10, drawn as the authors' code draws them)",
         (Entry("cifar10", ("at",), tuple(
-            Variant(f"dsnet4-init-{kind}", "dsnet4", {"attention_init": kind, "attention_scale": 1.0},
+            Variant(f"dsnet4-init-{kind}", "dsnet4", {"attention_init": kind},
                     label=kind + (" (reference)" if kind == "normal" else "")) for kind in _INITS)
             + (Variant("dsnet4-init-learned", "dsnet4", label="learned (from the normal run)",
                        parent="dsnet4-init-normal", derive="init_from_parent"),)),),

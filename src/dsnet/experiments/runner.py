@@ -223,6 +223,7 @@ def _derive_recipe(payload: dict[str, Any]) -> dict[str, Any]:
     elif derive == "init_from_parent":
         kwargs["attention_init"] = [[float(v) for v in row] for row in model.attention.detach().cpu().tolist()]
         kwargs.pop("attention_scale", None)
+        kwargs.pop("attention_init_params", None)
     else:
         raise ConfigError(f"{payload['run_id']}: unknown derivation {derive!r}")
     recipe["model"]["kwargs"] = kwargs

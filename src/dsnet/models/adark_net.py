@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 
 from dsnet.errors import ConfigError
-from dsnet.models.atomic_blocks import AdaRKBlock, ReductionBlock, ResidualBlock
+from dsnet.models.atomic_blocks import AdaRKBlock, ReductionBlock, ResidualBlock, set_bn_updates
 from dsnet.models.layers import conv3x3
 from dsnet.models.base import ImageClassifier
 from dsnet.models.registry import ModelInfo, register_model
@@ -60,9 +60,12 @@ class AdaRKNet(ImageClassifier):
         width: C, channels of the stem and the first stage (80).
         blocks_per_stage: blocks in each of the three stages (9).
         in_channels: input image channels.
+        bn_updates: "authors" or "once", how the Ada-RK and reduction blocks update BN statistics in training
+            (`dsnet.models.atomic_blocks`).
     """
 
-    def __init__(self, num_classes: int = 10, width: int = 80, blocks_per_stage: int = 9, in_channels: int = 3) -> None:
+    def __init__(self, num_classes: int = 10, width: int = 80, blocks_per_stage: int = 9, in_channels: int = 3,
+                 bn_updates: str = "authors") -> None:
         super().__init__()
         if width < 1 or blocks_per_stage < 1:
             raise ConfigError(f"AdaRK-Net width and blocks_per_stage must be >= 1, got {width}, {blocks_per_stage}")
@@ -76,6 +79,7 @@ class AdaRKNet(ImageClassifier):
         self.num_features = 4 * width
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(4 * width, num_classes)
+        set_bn_updates(self, bn_updates)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Maps (B, 3, H, W) images in [0, 1] to pooled (B, num_features) features."""

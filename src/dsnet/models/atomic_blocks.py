@@ -12,9 +12,17 @@ count: `BLOCKS.get("residual")(channels)`. A user block only needs that signatur
 
 The definitions follow the authors' code (Du et al., ICML 2021, github.com/d12306/dsnet; see
 `shared/reference/dsnet_reference.md` §2-3): pre-activation conv units with conv biases, and a BN on the
-output of every block. Two deliberate changes: Ada-RK evaluates F(x) once (the authors evaluate it twice;
-eval-mode outputs are identical, train mode sees one BN-statistics update instead of two), and the dense
-block sums instead of stacking before it averages.
+output of every block. Two deliberate changes of computation, neither of which changes a number: Ada-RK computes
+F(x) once for its output and gradient (the authors compute it twice), and the dense block sums instead of
+stacking before it averages.
+
+BatchNorm running statistics are another matter: they are what an eval-mode model normalises with, so how often
+and on what each BN is updated in training decides the trained model. In the authors' code Ada-RK's branch F
+runs on x, x, x1 (in that order) per training forward, and the reduction block applies its first BN to x twice.
+`bn_updates="authors"` (the default) reproduces those updates exactly, with extra no-grad, train-mode passes that
+add no gradient path (an Ada-RK training forward costs one more conv-unit pass, about a third of the block);
+`bn_updates="once"` updates every BN once per forward (x, x1 for Ada-RK's branch), a cheaper and different
+model. Outputs and gradients of a forward are the same either way; only the running statistics differ.
 """
 
 from __future__ import annotations
@@ -30,7 +38,9 @@ from dsnet.registry import Registry
 
 __all__ = [
     "BLOCKS",
+    "BN_UPDATES",
     "register_block",
+    "set_bn_updates",
     "ConvUnit",
     "ResidualBlock",
     "MBConvBlock",
@@ -42,6 +52,24 @@ __all__ = [
 BLOCKS: Registry[Callable[[int], nn.Module]] = Registry(
     "atomic block", hint="see dsnet.models.atomic_blocks.BLOCKS.names()"
 )
+
+BN_UPDATES = ("authors", "once")
+"""How often BN running statistics are updated per training forward (see the module docstring)."""
+
+
+def set_bn_updates(model: nn.Module, mode: str) -> None:
+    """Sets the BN-statistics update mode of every block in `model` that has one (Ada-RK, reduction blocks).
+
+    Raises:
+        ConfigError: `mode` is not in `BN_UPDATES`.
+    """
+    from dsnet.errors import ConfigError
+
+    if mode not in BN_UPDATES:
+        raise ConfigError(f"bn_updates must be one of {', '.join(BN_UPDATES)}, got {mode!r}")
+    for module in model.modules():
+        if hasattr(module, "bn_updates"):
+            module.bn_updates = mode
 
 
 def register_block(name: str) -> Callable[[Callable[[int], nn.Module]], Callable[[int], nn.Module]]:
@@ -165,8 +193,14 @@ class AdaRKBlock(nn.Module):
         x1  = x + c·F(x)
         out = (1 - α)·x + (1 - 1/(2c) - α·c)·F(x) + α·x1 + (1/(2c))·F(x1),   y = BN(out).
     α cancels algebraically (out = x + (1 - 1/(2c))·F(x) + F(x1)/(2c)), so `a21` receives a zero gradient;
-    we keep it so that parameter counts and checkpoints match the authors'. F(x) is computed once.
+    we keep it so that parameter counts and checkpoints match the authors'. F(x) is computed once for the output.
     Params 18C² + 8C + 2.
+
+    Attributes:
+        bn_updates: "authors" (default): in training, F's BNs are updated on x, x, x1 as in the authors' code,
+            which evaluates F(x) twice; the second F(x) is a no-grad pass that only updates statistics (in
+            train mode BN normalises with the batch's own statistics, so its output equals the first).
+            "once": x, x1.
     """
 
     def __init__(self, channels: int, a21: float = 0.25, b10: float = 1.0) -> None:
@@ -175,11 +209,15 @@ class AdaRKBlock(nn.Module):
         self.a21 = nn.Parameter(torch.tensor(float(a21)))
         self.b10 = nn.Parameter(torch.tensor(float(b10)))
         self.bn_out = nn.BatchNorm2d(channels)
+        self.bn_updates = "authors"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         alpha = torch.sigmoid(self.a21)
         c = torch.sigmoid(self.b10)
         fx = self.branch(x)
+        if self.training and self.bn_updates == "authors":
+            with torch.no_grad():
+                self.branch(x)  # the authors' second F(x): BN statistics only, in their order x, x, x1
         x1 = x + c * fx
         half_inv_c = 0.5 / c
         out = (1 - alpha) * x + (1 - half_inv_c - alpha * c) * fx + alpha * x1 + half_inv_c * self.branch(x1)
@@ -191,6 +229,10 @@ class ReductionBlock(nn.Module):
 
     shortcut = BN(conv1x1_s2(ReLU(BN1(x)))), branch = conv3x3(ReLU(BN2(conv3x3_s2(ReLU(BN1(x)))))),
     y = BN(branch + shortcut). BN1 feeds both paths. Params 10·Cin·Cout + 9·Cout² + 2·Cin + 8·Cout.
+
+    Attributes:
+        bn_updates: "authors" (default): in training, BN1 is updated twice per forward, as the authors' code
+            applies it once per path (a no-grad pass adds the second update); "once": one update.
     """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 2) -> None:
@@ -201,8 +243,12 @@ class ReductionBlock(nn.Module):
         self.conv2 = conv3x3(out_channels, out_channels)
         self.shortcut = nn.Sequential(conv1x1(in_channels, out_channels, stride=stride), nn.BatchNorm2d(out_channels))
         self.bn_out = nn.BatchNorm2d(out_channels)
+        self.bn_updates = "authors"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pre = F.relu(self.bn1(x))
+        if self.training and self.bn_updates == "authors":
+            with torch.no_grad():
+                self.bn1(x)  # the authors apply BN1 once per path: a second statistics update on the same x
         branch = self.conv2(F.relu(self.bn2(self.conv1(pre))))
         return self.bn_out(branch + self.shortcut(pre))

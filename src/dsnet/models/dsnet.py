@@ -12,9 +12,13 @@ What we changed from the authors' code, and why:
 - `attention` is an `nn.Parameter` (softmax mode) or a buffer (fixed modes), so it is in `state_dict()` and
   checkpoints; the authors keep a bare tensor that is never saved. It is not in `network_parameters()`, so
   the trainer gives it to Adam and keeps it out of SGD's weight decay (`attention_parameters()`).
-- Ada-RK evaluates F(x) once instead of twice (identical outputs in eval mode).
+- Ada-RK computes F(x) once instead of twice for its output and gradient (the same numbers); its BN statistics
+  are still updated as the authors' twice-evaluated F(x) updates them (x, x, x1), unless `bn_updates="once"`.
 - The attention initialisation scale defaults to 1e-3, as in the authors' code; the paper's text (§4.4)
-  says N(0, 1), which is `attention_scale=1.0`.
+  says N(0, 1), which is `attention_scale=1.0`. The distributions take the authors' parameters (their lognormal
+  is torch's default LogNormal(1, 2)); `attention_init_params="paper"` gives the text's (LogNormal(0, 1)). At
+  scale 1e-3 every distribution starts within 0.002 of uniform weights except the authors' lognormal, whose
+  largest weight starts about 0.09 from 1/N on DS-Net-4 (its heavy tail).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import torch.nn as nn
 
 from dsnet.errors import ConfigError
 from dsnet.registry import unknown_name
-from dsnet.models.atomic_blocks import BLOCKS, ReductionBlock
+from dsnet.models.atomic_blocks import BLOCKS, ReductionBlock, set_bn_updates
 from dsnet.models.base import ImageClassifier
 from dsnet.models.layers import conv3x3
 from dsnet.models.registry import ModelInfo, register_model
@@ -37,6 +41,7 @@ __all__ = [
     "RobustModule",
     "ATTENTION_MODES",
     "ATTENTION_INITS",
+    "ATTENTION_INIT_PARAMS",
     "DEFAULT_BLOCKS",
     "init_attention",
     "load_attention",
@@ -47,28 +52,48 @@ __all__ = [
 DEFAULT_BLOCKS = ("residual", "mbconv", "dense", "ada_rk")
 ATTENTION_MODES = ("softmax", "fixed", "same_block")
 ATTENTION_INITS = ("normal", "uniform", "lognormal", "exponential", "geometric")
+ATTENTION_INIT_PARAMS = ("authors", "paper")
 
 _PAPER = "Du et al., Learning Diverse-Structured Networks for Adversarial Robustness, ICML 2021"
 
 
-def init_attention(shape: tuple[int, int], kind: str = "normal", scale: float = 1e-3) -> torch.Tensor:
-    """Draws initial attention logits: `scale` times a sample of the named distribution.
-
-    Args:
-        shape: (K, N), modules by blocks.
-        kind: "normal" N(0, 1), "uniform" U[0, 1), "lognormal" LogNormal(0, 1), "exponential" Exp(1),
-            "geometric" Geometric(p=0.5) counting trials (1, 2, ...).
-        scale: multiplies the sample; 1e-3 in the authors' code, 1 in the paper's text.
-    """
-    samplers = {
+# Each distribution as the authors' code draws it (`model/ds_net.py`: torch.randn, torch.rand, and the in-place
+# samplers with torch's defaults) and as the paper's text (§ on Fig. 5) states it. They differ for the
+# lognormal only: the authors call `log_normal_()` with torch's defaults, LogNormal(μ = 1, σ = 2).
+_ATTENTION_SAMPLERS = {
+    "authors": {
+        "normal": lambda t: t.normal_(0.0, 1.0),
+        "uniform": lambda t: t.uniform_(0.0, 1.0),
+        "lognormal": lambda t: t.log_normal_(1.0, 2.0),
+        "exponential": lambda t: t.exponential_(1.0),
+        "geometric": lambda t: t.geometric_(0.5),
+    },
+    "paper": {
         "normal": lambda t: t.normal_(0.0, 1.0),
         "uniform": lambda t: t.uniform_(0.0, 1.0),
         "lognormal": lambda t: t.log_normal_(0.0, 1.0),
         "exponential": lambda t: t.exponential_(1.0),
         "geometric": lambda t: t.geometric_(0.5),
-    }
+    },
+}
+
+
+def init_attention(shape: tuple[int, int], kind: str = "normal", scale: float = 1e-3,
+                   params: str = "authors") -> torch.Tensor:
+    """Draws initial attention logits: `scale` times a sample of the named distribution.
+
+    Args:
+        shape: (K, N), modules by blocks.
+        kind: "normal" N(0, 1), "uniform" U[0, 1), "lognormal" (authors: LogNormal(1, 2), torch's default;
+            paper: LogNormal(0, 1)), "exponential" Exp(1), "geometric" Geometric(p=0.5) counting trials (1, 2, ...).
+        scale: multiplies the sample; 1e-3 in the authors' code, 1 in the paper's text.
+        params: "authors" (the default) or "paper": whose parameters the distributions take.
+    """
+    if params not in _ATTENTION_SAMPLERS:
+        raise ConfigError(f"attention_init_params must be one of {', '.join(ATTENTION_INIT_PARAMS)}, got {params!r}")
+    samplers = _ATTENTION_SAMPLERS[params]
     if kind not in samplers:
-        raise ConfigError(f"unknown attention_init {kind!r}; choose one of {', '.join(ATTENTION_INITS)} or a file")
+        raise unknown_name("attention_init", kind, ATTENTION_INITS, "or give a file")
     return scale * samplers[kind](torch.empty(shape))
 
 
@@ -129,9 +154,14 @@ class DSNet(ImageClassifier):
         attention_init: a distribution name from `ATTENTION_INITS`, or given logits (tensor, nested list, or a
             path accepted by `load_attention`).
         attention_scale: scale of a random initialisation (1e-3 as the authors; 1.0 as the paper's text).
+        attention_init_params: "authors" (default) or "paper", whose parameters the named distributions take:
+            they differ for the lognormal (authors LogNormal(1, 2), paper LogNormal(0, 1)).
         in_channels: input image channels.
         target_params: pick the width C0 whose parameter count (attention excluded) is closest to this number,
             instead of `width` (compares block spaces at equal size, Fig. 6 and Table 4).
+        bn_updates: "authors" (default): BN running statistics updated as the authors' code updates them
+            (Ada-RK's branch on x, x, x1; a reduction block's first BN twice); "once": every BN once per forward.
+            Outputs and gradients are the same; the eval-mode model after training is not (`atomic_blocks`).
     """
 
     def __init__(
@@ -145,8 +175,10 @@ class DSNet(ImageClassifier):
         num_same_blocks: int | None = None,
         attention_init: str | Path | torch.Tensor | Sequence[Sequence[float]] = "normal",
         attention_scale: float = 1e-3,
+        attention_init_params: str = "authors",
         in_channels: int = 3,
         target_params: int | None = None,
+        bn_updates: str = "authors",
     ) -> None:
         super().__init__()
         if target_params is not None:
@@ -178,6 +210,7 @@ class DSNet(ImageClassifier):
             stages.append(ReductionBlock(channels, out_channels))
             channels = out_channels
         self.stages = nn.ModuleList(stages)
+        set_bn_updates(self, bn_updates)
         self.num_features = channels
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(channels, num_classes)
@@ -186,7 +219,7 @@ class DSNet(ImageClassifier):
         if any(len(names) != shape[1] for names in per_module):
             raise ConfigError("every robust module needs the same number of blocks")
         if attention == "softmax":
-            logits = self._initial_logits(attention_init, shape, attention_scale)
+            logits = self._initial_logits(attention_init, shape, attention_scale, attention_init_params)
             self.attention = nn.Parameter(logits)
         else:
             # Fixed weights: zeros give 1/N; given weights w are stored as log(w) so softmax renormalises them.
@@ -213,9 +246,9 @@ class DSNet(ImageClassifier):
         return [list(names) for _ in range(depth)]
 
     @staticmethod
-    def _initial_logits(source: object, shape: tuple[int, int], scale: float) -> torch.Tensor:
+    def _initial_logits(source: object, shape: tuple[int, int], scale: float, params: str = "authors") -> torch.Tensor:
         if isinstance(source, str) and source in ATTENTION_INITS:
-            return init_attention(shape, source, scale)
+            return init_attention(shape, source, scale, params)
         if isinstance(source, str) and not Path(source).suffix and not Path(source).exists():
             raise unknown_name("attention_init", source, ATTENTION_INITS,
                                "or give a file: a .pt checkpoint or tensor, or a .txt matrix")

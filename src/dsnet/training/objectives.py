@@ -46,6 +46,8 @@ from dsnet.registry import Registry
 
 __all__ = [
     "OBJECTIVES",
+    "OUTER_ORDERS",
+    "outer_forwards",
     "ObjectiveOutput",
     "Objective",
     "Standard",
@@ -67,6 +69,11 @@ __all__ = [
 OBJECTIVES: Registry[type[Objective]] = Registry("objective")
 
 _STARTS = ("uniform", "normal", "none")
+OUTER_ORDERS = ("adversarial_first", "clean_first")
+"""The order of the two train-mode forwards of TRADES and MART. Losses and gradients do not depend on it; BN running
+statistics do (the later batch weighs more). DS-Net's training script runs the adversarial batch first; the
+TRADES reference (yaodongyu/TRADES `trades.py`) runs clean, adversarial, clean (the clean batch twice), the MART
+reference (YisenWang/MART `mart.py`) clean, then adversarial."""
 
 TAU_SCHEDULES: dict[str, tuple[tuple[tuple[int, int], ...], int]] = {
     "fat": (((50, 0), (90, 1)), 2),
@@ -173,6 +180,16 @@ def mart_loss(
 
 _OuterLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 _OUTER_LOSSES: dict[str, _OuterLoss] = {"trades": trades_loss, "mart": mart_loss}
+
+
+def outer_forwards(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor,
+                   order: str = "adversarial_first") -> tuple[torch.Tensor, torch.Tensor]:
+    """The train-mode logits (clean, adversarial) of TRADES and MART, computed in `order` (`OUTER_ORDERS`)."""
+    if order == "clean_first":
+        logits_nat = model(x)
+        return logits_nat, model(x_adv)
+    logits_adv = model(x_adv)
+    return model(x), logits_adv
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -433,22 +450,24 @@ class TRADES(_PGDObjective):
 
     Attributes:
         beta: weight β of the KL term (DS-Net reports β = 1 and β = 6).
+        outer_order: "adversarial_first" (DS-Net's script) or "clean_first" (see `OUTER_ORDERS`).
     """
 
     name: ClassVar[str] = "trades"
     start: str = "normal"
     beta: float = 6.0
+    outer_order: str = "adversarial_first"
 
     def _validate(self, problems: list[str]) -> None:
         super()._validate(problems)
         _check_beta(problems, self.beta)
+        _check_choice(problems, "outer_order", self.outer_order, OUTER_ORDERS)
 
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epoch: float, generator: torch.Generator
     ) -> ObjectiveOutput:
         x_adv = self._attack(model, x, kl_attack_loss(model, x), generator)
-        logits_nat = model(x)
-        logits_adv = model(x_adv)
+        logits_nat, logits_adv = outer_forwards(model, x, x_adv, self.outer_order)
         loss, parts = trades_loss(logits_nat, logits_adv, y, self.beta)
         return ObjectiveOutput(loss, logits_adv, y, parts)
 
@@ -461,22 +480,24 @@ class MART(_PGDObjective):
 
     Attributes:
         beta: weight β of the weighted KL term.
+        outer_order: "adversarial_first" (DS-Net's script) or "clean_first" (the MART reference's order).
     """
 
     name: ClassVar[str] = "mart"
     noise_std: float = 0.0
     beta: float = 6.0
+    outer_order: str = "adversarial_first"
 
     def _validate(self, problems: list[str]) -> None:
         super()._validate(problems)
         _check_beta(problems, self.beta)
+        _check_choice(problems, "outer_order", self.outer_order, OUTER_ORDERS)
 
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epoch: float, generator: torch.Generator
     ) -> ObjectiveOutput:
         x_adv = self._attack(model, x, ce_attack_loss(y), generator)
-        logits_nat = model(x)
-        logits_adv = model(x_adv)
+        logits_nat, logits_adv = outer_forwards(model, x, x_adv, self.outer_order)
         loss, parts = mart_loss(logits_nat, logits_adv, y, self.beta)
         return ObjectiveOutput(loss, logits_adv, y, parts)
 
@@ -501,6 +522,7 @@ class FAT(_PGDObjective):
         tau: a constant budget τ; exclusive with `tau_schedule`.
         tau_schedule: a name from `TAU_SCHEDULES`, τ as a function of the epoch; default: FAT's schedule
             for `base` ("fat", "fat_trades", "fat_mart") unless `tau` is given.
+        outer_order: for base "trades" and "mart", the order of the two train-mode forwards (`OUTER_ORDERS`).
         start, noise_std: default to FAT's choice for `base`: uniform with ω = 0.001 for "at", normal with
             ω = 0 for "trades" and "mart". A normal start is clipped to [0, 1] as in FAT.
     """
@@ -512,6 +534,7 @@ class FAT(_PGDObjective):
     beta: float | None = None
     tau: int | None = None
     tau_schedule: str | None = None
+    outer_order: str = "adversarial_first"
 
     _resolved_later: ClassVar[tuple[str, ...]] = ("start", "noise_std")
 
@@ -530,6 +553,7 @@ class FAT(_PGDObjective):
             _check_int(problems, "tau", self.tau, 0)
         if self.tau_schedule is not None:
             _check_choice(problems, "tau_schedule", self.tau_schedule, tuple(TAU_SCHEDULES))
+        _check_choice(problems, "outer_order", self.outer_order, OUTER_ORDERS)
 
     def _resolve(self) -> None:
         start, noise, schedule = _FAT_BASES[self.base]
@@ -560,8 +584,7 @@ class FAT(_PGDObjective):
         if self.base == "at":
             logits = model(x_adv)
             return ObjectiveOutput(F.cross_entropy(logits, y), logits, y, metrics)
-        logits_nat = model(x)
-        logits_adv = model(x_adv)
+        logits_nat, logits_adv = outer_forwards(model, x, x_adv, self.outer_order)
         loss, parts = _OUTER_LOSSES[self.base](logits_nat, logits_adv, y, self.beta)  # type: ignore[arg-type]
         return ObjectiveOutput(loss, logits_adv, y, {**metrics, **parts})
 
