@@ -50,9 +50,9 @@ import torch.nn.functional as F
 
 from dsnet.attacks.core import frozen_parameters, sign_gradient_ascent
 from dsnet.models import create_model, split_parameters
-from dsnet.training.fast_path import EagerFallback, compile_regions, resolve_channels_last
-from dsnet.training.objectives import build_objective
+from dsnet.objectives import build_objective
 from dsnet.runtime.precision import resolve_precision
+from dsnet.training.fast_path import EagerFallback, compile_regions, resolve_channels_last
 from dsnet.training.trainer import training_step
 
 DEFAULT_MODELS = ("dsnet4", "dsnet6", "wrn34_10", "resnet50")

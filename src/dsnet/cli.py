@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib
 import logging
 import shlex
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from dsnet.errors import DsnetError
 
@@ -21,43 +23,38 @@ __all__ = ["main", "COMMANDS"]
 Handler = Callable[[argparse.Namespace], int]
 
 
-def _add_models(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("pattern", nargs="?", default=None, help="shell-style filter, e.g. 'dsnet*'")
-    parser.add_argument("--num-classes", type=int, default=10, help="classifier size used for the counts")
-    parser.add_argument("--no-flops", action="store_true", help="skip the FLOP count")
-    parser.add_argument("--tiny", action="store_true", help="also list the tiny test variants")
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its help, and the module with the functions that add its arguments and run it.
+
+    The module is imported when the parser is built; command modules import only argparse-level code at the top
+    (the library they call is imported inside `run`), so `dsnet -h` does not load torch.
+    """
+
+    help: str
+    module: str
+    add_arguments: str = "add_arguments"
+    run: str = "run"
+
+    def functions(self) -> tuple[Callable[[argparse.ArgumentParser], None], Handler]:
+        module = importlib.import_module(self.module)
+        return getattr(module, self.add_arguments), getattr(module, self.run)
 
 
-def _run_models(args: argparse.Namespace) -> int:
-    from dsnet.models import list_models, model_info
-    from dsnet.models.profile import profile_model
-
-    names = list_models(args.pattern, include_tiny=args.tiny)
-    if not names:
-        raise DsnetError(f"no model matches {args.pattern!r}; run `dsnet models` for the list")
-    header = f"{'name':<18} {'params':>12} {'unique':>12} {'GFLOPs':>8}  {'expected':>12}  note"
-    print(header)
-    print("-" * len(header))
-    for name in names:
-        row = profile_model(name, num_classes=args.num_classes, flops=not args.no_flops)
-        info = model_info(name)
-        expected = f"{info.expected_params:,}" if info.expected_params and args.num_classes == 10 else ""
-        gflops = f"{row.gflops:8.2f}" if row.gflops is not None else f"{'-':>8}"
-        print(f"{name:<18} {row.params:>12,} {row.unique_params:>12,} {gflops}  {expected:>12}  {info.note}")
-    return 0
-
-
-def _command_table() -> dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handler]]:
-    """subcommand -> (help, add_arguments, run). Heavy imports happen inside the handlers."""
-    from dsnet import commands
-
-    return {
-        "models": ("list the registered models with parameter and FLOP counts", _add_models, _run_models),
-        **commands.COMMANDS,
-    }
-
-
-COMMANDS = _command_table
+COMMANDS: dict[str, Command] = {
+    "models": Command("list the registered models with parameter and FLOP counts", "dsnet.models.command"),
+    "download": Command("download and verify a dataset (MD5-checked, resumable)", "dsnet.data.command"),
+    "train": Command("train a model with a recipe (adversarially, or not)", "dsnet.training.command"),
+    "eval": Command("evaluate a checkpoint: clean, FGSM, PGD-20, CW-inf-30, AutoAttack, sanity checks",
+                    "dsnet.evaluation.command", "add_eval_arguments", "run_eval"),
+    "export": Command("export a checkpoint as a RobustBench-style model (+ claim JSON from a report)",
+                      "dsnet.evaluation.command", "add_export_arguments", "run_export"),
+    "reproduce": Command("run a paper table or figure (grid of models x styles x seeds), skip finished runs, "
+                         "aggregate", "dsnet.experiments.command", "add_reproduce_arguments", "run_reproduce"),
+    "analyze": Command("plot what a trained model learned: attention weights, loss landscape, gradient variance, "
+                       "Lipschitz", "dsnet.analysis.command", "add_analyze_arguments", "run_analyze"),
+}
+"""The command table: subcommand -> where its arguments and its run function live."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,10 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (help_text, add_arguments, handler) in _command_table().items():
-        command = sub.add_parser(name, help=help_text, description=help_text)
-        add_arguments(command)
-        command.set_defaults(handler=handler)
+    for name, command in COMMANDS.items():
+        add_arguments, handler = command.functions()
+        parser_for = sub.add_parser(name, help=command.help, description=command.help)
+        add_arguments(parser_for)
+        parser_for.set_defaults(handler=handler)
     return parser
 
 

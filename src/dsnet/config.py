@@ -163,17 +163,34 @@ class TrainConfig:
                "must be >= 1")
 
 
+_DEFAULT_OBJECTIVE = {"name": "at"}
+_DEFAULT_SCHEDULE = {"name": "piecewise", "milestones": [60, 90], "factors": [0.1, 0.01]}
+
+
 @dataclass
 class RunConfig:
+    """A validated recipe. `objective` and `schedule` are the built, frozen objects the trainer uses (given as
+    a dict of `name` and parameters, they are built here); they also read like their recipe sections
+    (`config.objective["eps"]`)."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    objective: dict[str, Any] = field(default_factory=lambda: {"name": "at"})
-    """`name` of a training objective plus its parameters (eps, step_size, steps, beta, ...)."""
+    objective: Any = field(default_factory=lambda: dict(_DEFAULT_OBJECTIVE))
+    """The training objective (`dsnet.objectives.Objective`), from `name` plus its parameters."""
     optim: OptimConfig = field(default_factory=OptimConfig)
-    schedule: dict[str, Any] = field(default_factory=lambda: {"name": "piecewise", "milestones": [60, 90],
-                                                              "factors": [0.1, 0.01]})
-    """`name` of an LR schedule plus its parameters."""
+    schedule: Any = field(default_factory=lambda: dict(_DEFAULT_SCHEDULE))
+    """The LR schedule (`dsnet.training.schedules.Schedule`), from `name` plus its parameters; its base LR and
+    length are optim.lr and train.epochs."""
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        from dsnet.objectives import build_objective
+        from dsnet.training.schedules import build_schedule
+
+        if isinstance(self.objective, dict):
+            self.objective = build_objective(**self.objective)
+        if isinstance(self.schedule, dict):
+            self.schedule = build_schedule(base_lr=self.optim.lr, epochs=self.train.epochs, **self.schedule)
 
 
 def _is_device(name: str) -> bool:
@@ -239,35 +256,26 @@ def config_from_dict(raw: dict[str, Any]) -> RunConfig:
             built[name] = _build_section(cls, raw.get(name), name)
         except ConfigError as error:
             problems.append(str(error))
-    defaults = RunConfig()
+    defaults = {"objective": _DEFAULT_OBJECTIVE, "schedule": _DEFAULT_SCHEDULE}
     for name in ("objective", "schedule"):
-        if name in raw:
-            section = raw[name]
-            if isinstance(section, dict) and "name" not in section:  # parameters only: keep the default entry
-                section = {**getattr(defaults, name), **section}
-            try:
-                built[name] = _check_named_section(section, name)
-            except ConfigError as error:
-                problems.append(str(error))
+        section = raw.get(name, defaults[name])
+        if isinstance(section, dict) and "name" not in section:  # parameters only: keep the default entry
+            section = {**defaults[name], **section}
+        try:
+            built[name] = _check_named_section(section, name)
+        except ConfigError as error:
+            problems.append(str(error))
     if problems:
         raise ConfigError("; ".join(problems))
-    config = RunConfig(**built)
-    validate(config)
-    return config
-
-
-def validate(config: RunConfig) -> None:
-    """Checks the names and parameters that live in registries (model, dataset, objective, schedule)."""
-    from dsnet.data import DATASETS
-    from dsnet.training.objectives import build_objective
+    from dsnet.objectives import build_objective
     from dsnet.training.schedules import build_schedule
 
-    problems = []
     for check in (
-        lambda: _check_model(config),
-        lambda: DATASETS.get(config.data.dataset),
-        lambda: build_objective(**config.objective),
-        lambda: build_schedule(base_lr=config.optim.lr, epochs=config.train.epochs, **config.schedule),
+        lambda: _check_model(built["model"], built["data"]),
+        lambda: _check_dataset(built["data"]),
+        lambda: built.update(objective=build_objective(**built["objective"])),
+        lambda: built.update(schedule=build_schedule(base_lr=built["optim"].lr, epochs=built["train"].epochs,
+                                                     **built["schedule"])),
     ):
         try:
             check()
@@ -275,9 +283,16 @@ def validate(config: RunConfig) -> None:
             problems.append(str(error))
     if problems:
         raise ConfigError("; ".join(problems))
+    return RunConfig(**built)
 
 
-def _check_model(config: RunConfig) -> None:
+def _check_dataset(data: DataConfig) -> None:
+    from dsnet.data import DATASETS
+
+    DATASETS.get(data.dataset)
+
+
+def _check_model(model: ModelConfig, data: DataConfig) -> None:
     """The model name, its `kwargs` against the constructor's signature (unknown names with suggestions, wrong
     types), then a build on the meta device (no memory, well under a second), so a misspelt, mistyped or
     out-of-range constructor argument fails here and not after the dataset has loaded."""
@@ -286,18 +301,18 @@ def _check_model(config: RunConfig) -> None:
     from dsnet.data import DATASETS
     from dsnet.models import MODELS, check_model_arguments, create_model
 
-    MODELS.get(config.model.name)
-    if not config.model.kwargs:
+    MODELS.get(model.name)
+    if not model.kwargs:
         return  # the variant's own arguments
-    problems = check_model_arguments(config.model.name, config.model.kwargs)
+    problems = check_model_arguments(model.name, model.kwargs)
     if problems:
-        raise ConfigError(f"model.kwargs of {config.model.name}: {'; '.join(problems)}")
-    num_classes = DATASETS.get(config.data.dataset).num_classes if config.data.dataset in DATASETS else 10
+        raise ConfigError(f"model.kwargs of {model.name}: {'; '.join(problems)}")
+    num_classes = DATASETS.get(data.dataset).num_classes if data.dataset in DATASETS else 10
     try:
         with torch.device("meta"):
-            create_model(config.model.name, num_classes=num_classes, **config.model.kwargs)
+            create_model(model.name, num_classes=num_classes, **model.kwargs)
     except (ConfigError, ValueError, TypeError) as error:
-        raise ConfigError(f"model.kwargs of {config.model.name}: {error}") from None
+        raise ConfigError(f"model.kwargs of {model.name}: {error}") from None
     except Exception:  # noqa: BLE001 - something the meta device cannot build: the real build reports it
         return
 
@@ -389,4 +404,11 @@ def config_to_dict(config: RunConfig) -> dict[str, Any]:
             return {k: plain(v) for k, v in value.items()}
         return value
 
-    return plain(dataclasses.asdict(config))
+    return {
+        "model": plain(dataclasses.asdict(config.model)),
+        "data": plain(dataclasses.asdict(config.data)),
+        "objective": plain(config.objective.recipe()),
+        "optim": plain(dataclasses.asdict(config.optim)),
+        "schedule": plain(config.schedule.recipe()),
+        "train": plain(dataclasses.asdict(config.train)),
+    }

@@ -30,8 +30,12 @@ def suggest(name: object, valid: Iterable[str], *, cutoff: float = 0.5) -> str:
 
 
 def unknown_name(kind: str, name: object, valid: Iterable[str], hint: str | None = None) -> UnknownNameError:
-    """The error for an unknown `kind` name: "unknown attack 'pgdd'; did you mean 'pgd'?" (+ where to look)."""
+    """The error for an unknown `kind` name: "unknown attack 'pgdd'; did you mean 'pgd'? valid: ..." (the valid
+    names when there are few of them, and where to look)."""
+    valid = list(valid)
     message = f"unknown {kind} {name!r}; {suggest(name, valid)}"
+    if message.endswith("?") and len(valid) <= 12:
+        message += f" valid: {', '.join(valid)}"
     return UnknownNameError(message + (f" ({hint})" if hint else ""))
 
 
@@ -43,12 +47,16 @@ class Registry(Generic[T]):
         hint: what a user can run to see the valid names (shown when a name is unknown).
         populate: called once, before the first lookup, to import the modules whose entries register
             themselves (so that importing a package costs nothing until a name is needed).
+        order: names listed first, in this order, whatever order their modules were imported in; the others
+            follow in registration order.
     """
 
-    def __init__(self, kind: str, hint: str | None = None, populate: Callable[[], None] | None = None) -> None:
+    def __init__(self, kind: str, hint: str | None = None, populate: Callable[[], None] | None = None,
+                 order: Iterable[str] = ()) -> None:
         self.kind = kind
         self.hint = hint
         self._populate = populate
+        self._order = tuple(order)
         self._entries: dict[str, T] = {}
         self._meta: dict[str, Any] = {}
 
@@ -84,25 +92,31 @@ class Registry(Generic[T]):
         except (KeyError, TypeError):
             raise unknown_name(self.kind, name, entries, self.hint) from None
 
+    def __getitem__(self, name: str) -> T:
+        return self.get(name)
+
     def meta(self, name: str) -> Any:
         """The metadata stored with `name`."""
         self.get(name)
         return self._meta[name]
 
     def names(self, pattern: str | None = None) -> list[str]:
-        """Registered names in registration order, optionally filtered by a shell-style pattern."""
-        names = list(self._ready())
+        """Registered names (the `order` ones first, then in registration order), optionally filtered by a
+        shell-style pattern."""
+        entries = self._ready()
+        names = [n for n in self._order if n in entries] + [n for n in entries if n not in self._order]
         return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
 
     def items(self) -> list[tuple[str, T]]:
-        """(name, object) pairs in registration order."""
-        return list(self._ready().items())
+        """(name, object) pairs, in the order of `names()`."""
+        entries = self._ready()
+        return [(name, entries[name]) for name in self.names()]
 
     def __contains__(self, name: object) -> bool:
         return name in self._ready()
 
     def __iter__(self) -> Iterator[str]:
-        return iter(list(self._ready()))
+        return iter(self.names())
 
     def __len__(self) -> int:
         return len(self._ready())

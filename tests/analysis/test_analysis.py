@@ -16,7 +16,7 @@ from dsnet.analysis.landscape import analyze_landscape, filter_normalized_direct
 from dsnet.analysis.lipschitz import analyze_lipschitz, jacobian_spectral_norm
 from dsnet.cli import main
 from dsnet.config import config_from_dict
-from dsnet.errors import ConfigError
+from dsnet.errors import CheckpointError, ConfigError
 from dsnet.models import create_model
 from dsnet.training.trainer import train
 
@@ -70,7 +70,7 @@ def test_attention_refuses_a_model_without_attention(cifar10_dir: Path, tmp_path
     recipe = tiny_recipe(model={"name": "resnet_tiny"}, train={"epochs": 1, "max_steps_per_epoch": 1},
                          objective={"name": "standard"})
     train(config_from_dict(recipe), cifar10_dir, tmp_path / "resnet")
-    with pytest.raises(Exception, match="not a DS-Net"):
+    with pytest.raises(CheckpointError, match="not a DS-Net"):
         analyze_attention([tmp_path / "resnet"], tmp_path / "out")
 
 

@@ -13,6 +13,7 @@ import re
 import warnings
 from types import SimpleNamespace
 
+import pyautoattack
 import pytest
 import torch
 import torch.nn as nn
@@ -20,8 +21,6 @@ import torch.nn as nn
 import dsnet.attacks.autoattack as aa_module
 from dsnet.attacks import AutoAttack
 from dsnet.errors import ConfigError
-
-pyautoattack = pytest.importorskip("pyautoattack")
 
 EPS = 2 / 255
 BATCH = 8

@@ -22,10 +22,7 @@ from dsnet.cli import main
 from dsnet.config import config_from_dict
 from dsnet.errors import CheckpointError, ConfigError
 from dsnet.evaluation import evaluate, export_model, load_exported, load_model_for_evaluation
-from dsnet.evaluation.evaluator import _Evaluation
-from dsnet.evaluation.points import select_points
 from dsnet.models import create_model
-from dsnet.runtime.distributed import DistributedContext
 from dsnet.training.trainer import train
 
 # As tests/conftest.py's tiny_recipe, trained without attacks so that it learns enough in 3 epochs to leave
@@ -280,22 +277,21 @@ def test_trades_models_get_the_papers_smaller_step(checkpoint: Path, cifar10_dir
     assert standard.outcome("pgd").config["step_size"] == pytest.approx(2 / 255) and standard.eps == 8 / 255
 
 
-def test_two_ranks_give_the_flags_of_one_process(checkpoint: Path, cifar10_dir: Path) -> None:
+def test_two_ranks_give_the_flags_of_one_process(checkpoint: Path, cifar10_dir: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from dsnet.attacks import metrics
     from dsnet.data import load_dataset
 
     loaded = load_model_for_evaluation(checkpoint)
     data = load_dataset("cifar10", cifar10_dir, "test", download=False)
-    selection = select_points(len(data), n_examples=11)
     images, labels = data.images[:11], data.labels[:11]
     attack = PGD(eps=0.031, step_size=0.031 / 4, steps=3)
 
     def flags(rank: int, world: int) -> torch.Tensor:
         # Without a process group the gather only places this rank's flags; summing the ranks is the all-reduce.
-        ctx = DistributedContext(rank, world, rank, torch.device("cpu"))
-        run = _Evaluation(loaded, images, labels, selection, ctx, batch_size=3, progress=False)
-        run.clean = torch.ones(11, dtype=torch.bool)
-        robust, _ = run.attack_flags(attack, run.positions, "pgd")
-        return robust
+        monkeypatch.setattr(metrics, "world", lambda: (rank, world))
+        return attack.evaluate(loaded.model, images, labels, clean=torch.ones(11, dtype=torch.bool),
+                               batch_size=3).flags
 
     single = flags(0, 1)
     assert torch.equal(flags(0, 2) | flags(1, 2), single)
@@ -341,3 +337,23 @@ def test_export_round_trip_and_robustbench_claim(checkpoint: Path, full_eval: Pa
     torch.save(state, other)
     with pytest.raises(ConfigError, match="other weights"):
         export_model(other, tmp_path / "other", report=full_eval / "report.json")
+
+
+def test_a_registered_attack_outside_the_presets_runs_through_the_same_loop(
+        checkpoint: Path, cifar10_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`@register_attack` is all a new attack needs: it gets the preset's ε and is evaluated like the others."""
+    from dsnet.attacks import ATTACKS, register_attack
+
+    monkeypatch.setattr(ATTACKS, "_entries", dict(ATTACKS._entries))
+    monkeypatch.setattr(ATTACKS, "_meta", dict(ATTACKS._meta))
+
+    @register_attack("pgd_one_step", "PGD with one full-ε step from a uniform start")
+    def pgd_one_step(*, eps: float, seed: int = 0) -> PGD:
+        return PGD(eps=eps, step_size=eps, steps=1, seed=seed)
+
+    report = evaluate(checkpoint, cifar10_dir, out_dir=tmp_path / "eval", attacks=["pgd_one_step", "pgd"],
+                      n_examples=16, batch_size=16, preset="standard", sanity=False, progress=False)
+    outcome = report.outcome("pgd_one_step")
+    assert outcome.config["eps"] == 8 / 255 and outcome.config["steps"] == 1
+    assert outcome.accuracy <= report.outcome("clean").accuracy
+    assert "pgd_one_step" in (tmp_path / "eval" / "report.md").read_text()

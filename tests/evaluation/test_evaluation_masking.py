@@ -18,14 +18,13 @@ from typing import Any
 
 import pytest
 import torch
+from test_evaluation_end_to_end import small_autoattack  # noqa: E402 - the shrunk AutoAttack budgets
 
 from dsnet.cli import main
 from dsnet.config import config_from_dict
 from dsnet.models import MODELS, ModelInfo, register_model
 from dsnet.models.dsnet import DSNet
 from dsnet.training.trainer import train
-
-from test_evaluation_end_to_end import small_autoattack  # noqa: E402 - the shrunk AutoAttack budgets
 
 TINY = dict(width=4, width_factor=2, depth=3)  # dsnet_tiny's arguments, so its checkpoints load
 

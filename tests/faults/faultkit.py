@@ -301,7 +301,8 @@ def _install_pause_hook(spec: str) -> None:
         if Path(dst).name == target:
             state["writes"] += 1
             if state["writes"] == int(nth):
-                Path(marker + ".paused").write_text(str(os.getpid()))
+                Path(marker + ".pausing").write_text(str(os.getpid()))
+                real_replace(marker + ".pausing", marker + ".paused")  # seen only once it is complete
                 deadline = time.monotonic() + 300
                 while not Path(marker).exists() and time.monotonic() < deadline:
                     time.sleep(0.02)

@@ -23,6 +23,8 @@ import torch.multiprocessing as mp
 import yaml
 from dsnet_testing import tiny_recipe, write_cifar10_folder
 
+from dsnet.attacks import PGD
+from dsnet.attacks.metrics import clean_flags
 from dsnet.config import config_from_dict
 from dsnet.data import ImageSplit
 from dsnet.models import create_model
@@ -136,27 +138,29 @@ class _CountingModel(torch.nn.Module):
         return self.model(x)
 
 
+def _attack() -> PGD:
+    return PGD(eps=0.031, step_size=0.031 / 4, steps=2, seed=3)
+
+
 def _evaluate_worker(rank: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
-        from dsnet.runtime.distributed import DistributedContext
-
-        ctx = DistributedContext(rank, 2, rank, torch.device("cpu"))
         model = _CountingModel(_model())
-        result = evaluate_robustness(model, _split(), eps=0.031, step_size=0.031 / 4, steps=2, batch_size=64,
-                                     ctx=ctx, seed=3)
-        torch.save({"result": result, "seen": model.seen}, f"{out}/rank{rank}.pt")
+        clean_flags(model, _split().images, _split().labels, batch_size=64)
+        seen = model.seen  # the clean pass alone shows which batches this rank took
+        result = evaluate_robustness(model, _split(), _attack(), batch_size=64)
+        torch.save({"result": result, "seen": seen}, f"{out}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
 def test_evaluation_is_sharded_and_equals_one_process(tmp_path: Path) -> None:
     mp.spawn(_evaluate_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
-    single = evaluate_robustness(_model(), _split(), eps=0.031, step_size=0.031 / 4, steps=2, batch_size=64, seed=3)
+    single = evaluate_robustness(_model(), _split(), _attack(), batch_size=64)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
-    assert [r["seen"] // 2 for r in ranks] == [64 + 22, 64]  # batches 0 and 2 on rank 0, batch 1 on rank 1
+    assert [r["seen"] for r in ranks] == [64 + 22, 64]  # batches 0 and 2 on rank 0, batch 1 on rank 1
     for r in ranks:
         assert tuple(r["result"]) == single  # the same counts, not merely close
     assert single[1] <= single[0]

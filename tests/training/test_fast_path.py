@@ -25,8 +25,8 @@ from dsnet.attacks.core import frozen_parameters, project, sign_gradient_ascent
 from dsnet.config import config_from_dict
 from dsnet.models import create_model
 from dsnet.models.dsnet import DSNet
-from dsnet.training import fast_path
 from dsnet.runtime.checkpoint import load_checkpoint
+from dsnet.training import fast_path
 from dsnet.training.fast_path import EagerFallback, compile_regions, resolve_channels_last, resolve_compile
 from dsnet.training.trainer import train
 

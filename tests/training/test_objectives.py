@@ -12,11 +12,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import dsnet.training.objectives as objectives
+import dsnet.objectives.base
+import dsnet.objectives.fast_at
+import dsnet.objectives.fat
 from dsnet.attacks.core import sign_gradient_ascent
 from dsnet.errors import ConfigError, UnknownNameError
-from dsnet.training.collapse_guard import CollapseGuard
-from dsnet.training.objectives import (
+from dsnet.objectives import (
     OBJECTIVES,
     ObjectiveOutput,
     build_objective,
@@ -26,6 +27,7 @@ from dsnet.training.objectives import (
     tau_at,
     trades_loss,
 )
+from dsnet.training.collapse_guard import CollapseGuard
 
 ADVERSARIAL = ["at", "trades", "mart", "fat", "fast_at"]
 SHAPE = (6, 3, 4, 4)
@@ -85,14 +87,15 @@ class Spy:
 @pytest.fixture
 def spy_pgd(monkeypatch: pytest.MonkeyPatch) -> Spy:
     spy = Spy(sign_gradient_ascent)
-    monkeypatch.setattr(objectives, "sign_gradient_ascent", spy)
+    for module in (dsnet.objectives.base, dsnet.objectives.fast_at):  # the two places the attack loop is called
+        monkeypatch.setattr(module, "sign_gradient_ascent", spy)
     return spy
 
 
 @pytest.fixture
 def spy_fat(monkeypatch: pytest.MonkeyPatch) -> Spy:
     spy = Spy(early_stopped_pgd)
-    monkeypatch.setattr(objectives, "early_stopped_pgd", spy)
+    monkeypatch.setattr(dsnet.objectives.fat, "early_stopped_pgd", spy)
     return spy
 
 

@@ -152,3 +152,14 @@ def test_progress_eta_covers_the_whole_run() -> None:
         bar.step(step, 100.0, loss=lambda: 1.0, accuracy=lambda: 0.5, log_step=False)
     assert bar.eta_s(1, 5) == pytest.approx(2.0 * (5 + 2 * 10))  # 5 steps left in epoch 1, two more epochs
     assert format_duration(50) == "50 s" and format_duration(1500) == "25 min" and format_duration(9000) == "2.5 h"
+
+
+def test_an_objectives_own_terms_are_logged_per_epoch(cifar10_dir: Path, tmp_path: Path) -> None:
+    """TRADES' natural and robust terms reach metrics.jsonl, and they add up to the logged loss."""
+    beta = 3.0
+    result = _train(cifar10_dir, tmp_path / "run", train={"epochs": 1, "max_steps_per_epoch": 2},
+                    objective={"name": "trades", "steps": 1, "beta": beta})
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert row["train_loss_natural"] > 0 and row["train_loss_robust"] >= 0
+    assert row["train_loss"] == pytest.approx(row["train_loss_natural"] + beta * row["train_loss_robust"], rel=1e-5)
+    assert result.final["train_loss_natural"] == row["train_loss_natural"]

@@ -26,5 +26,4 @@ _EXPORTS = {
 
 __all__ = list(_EXPORTS)
 
-# Imported on first use, so that `dsnet -h` does not load torch.
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -19,12 +19,12 @@ import torch
 
 from dsnet.analysis.common import new_figure, read_metrics, resolve_checkpoint, run_label, save_figure, write_csv
 from dsnet.errors import CheckpointError, ConfigError
+from dsnet.models.atomic_blocks import block_label
 
 __all__ = ["AttentionRun", "read_attention", "analyze_attention", "AnalysisResult"]
 
 logger = logging.getLogger(__name__)
 
-_BLOCK_LABELS = {"residual": "Residual", "mbconv": "MBConv", "dense": "Dense", "ada_rk": "Ada-RK", "conv": "Conv"}
 
 
 @dataclass(frozen=True)
@@ -133,7 +133,7 @@ def analyze_attention(
     k, n = mean.shape
     names = runs[0].block_names
     same_everywhere = all(row == names[0] for row in names)
-    legend = [_BLOCK_LABELS.get(b, b) for b in names[0]] if same_everywhere else [f"slot {j + 1}" for j in range(n)]
+    legend = [block_label(b) for b in names[0]] if same_everywhere else [f"slot {j + 1}" for j in range(n)]
     if same_everywhere and len(set(names[0])) < n:  # same_block models: copies of one block
         legend = [f"{label} #{j + 1}" for j, label in enumerate(legend)]
 

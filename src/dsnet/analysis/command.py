@@ -10,9 +10,7 @@ import argparse
 
 from dsnet.errors import ConfigError
 
-__all__ = ["ANALYZE_HELP", "KINDS", "add_analyze_arguments", "run_analyze"]
-
-ANALYZE_HELP = "plot what a trained model learned: attention weights, loss landscape, gradient variance, Lipschitz"
+__all__ = ["KINDS", "add_analyze_arguments", "run_analyze"]
 
 KINDS = {
     "attention": "attention weights per module, mean ± std over the given runs (Fig. 8)",

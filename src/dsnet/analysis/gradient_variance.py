@@ -144,7 +144,7 @@ def analyze_gradient_variance(
         The PNG and CSV paths and `{model: [(epoch, variance), ...]}`.
     """
     from dsnet.attacks import PGD
-    from dsnet.training.objectives import build_objective
+    from dsnet.objectives import build_objective
 
     if not sources:
         raise ConfigError("give at least one run folder or checkpoint")

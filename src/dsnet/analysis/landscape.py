@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dsnet.analysis.attention import AnalysisResult
-from dsnet.analysis.common import load_model, new_figure, run_label, save_figure, sample_batches, write_csv
+from dsnet.analysis.common import load_model, new_figure, run_label, sample_batches, save_figure, write_csv
 from dsnet.errors import ConfigError
 
 __all__ = ["filter_normalized_direction", "loss_landscape", "analyze_landscape"]

@@ -24,12 +24,12 @@ import torch.nn as nn
 from dsnet.analysis.attention import AnalysisResult
 from dsnet.analysis.common import load_model, new_figure, run_label, sample_batches, save_figure, write_csv
 from dsnet.errors import ConfigError
+from dsnet.models.atomic_blocks import block_label
 
 __all__ = ["jacobian_spectral_norm", "module_inputs", "analyze_lipschitz"]
 
 logger = logging.getLogger(__name__)
 
-_BLOCK_LABELS = {"residual": "Residual", "mbconv": "MBConv", "dense": "Dense", "ada_rk": "Ada-RK", "conv": "Conv"}
 
 
 def _per_example_norm(t: torch.Tensor) -> torch.Tensor:
@@ -166,7 +166,7 @@ def analyze_lipschitz(
         names = res["block_names"][0]
         consistent = all(n == names for n in res["block_names"])
         for j in range(len(names)):
-            legend = _BLOCK_LABELS.get(names[j], names[j]) if consistent else f"slot {j + 1}"
+            legend = block_label(names[j]) if consistent else f"slot {j + 1}"
             if consistent and names.count(names[j]) > 1:
                 legend += f" #{j + 1}"
             ax.plot(positions, [row[j] for row in res["blocks"]], marker="o", markersize=3, label=legend)

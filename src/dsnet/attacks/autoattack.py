@@ -49,7 +49,7 @@ from typing import Any, Literal
 import torch
 import torch.nn as nn
 
-from dsnet.attacks.base import Attack, check_inputs, check_int, check_real
+from dsnet.attacks.base import Attack, check_inputs, check_int, check_number, register_attack
 from dsnet.attacks.core import eval_mode, frozen_parameters
 from dsnet.errors import CheckpointError, ConfigError, DsnetError
 from dsnet.runtime.checkpoint import load_tensors_file
@@ -66,6 +66,7 @@ AUTOATTACK_VERSIONS = ("standard", "plus", "rand")
 
 _REFERENCE_LOGGER = "auto-attack"
 _STATE_FORMAT = "dsnet-autoattack-state/1"
+_STATE_FILE = "autoattack-state.rank{rank}of{world}.pt"
 
 
 def _reference() -> ModuleType:
@@ -350,6 +351,7 @@ def _rng_devices(device: torch.device) -> list[int]:
     return sorted(devices)
 
 
+@register_attack("autoattack", "AutoAttack through the reference code (pyautoattack)")
 class AutoAttack(Attack):
     """Standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square), L-inf, through the reference code.
 
@@ -377,7 +379,7 @@ class AutoAttack(Attack):
         batch_size: int = 250,
     ) -> None:
         super().__init__(seed=seed)
-        self.eps = check_real("AutoAttack", "eps", eps, strict=True)
+        self.eps = check_number("AutoAttack", "eps", eps, strict=True)
         if version not in AUTOATTACK_VERSIONS:
             raise ConfigError(f"AutoAttack: version must be one of {', '.join(AUTOATTACK_VERSIONS)}, got {version!r}")
         self.version = version
@@ -418,6 +420,72 @@ class AutoAttack(Attack):
     ) -> torch.Tensor:
         # The reference draws its own randomness (under fork_rng); the attack's generator is not used.
         return self.run(model, x, y).x_adv
+
+    @staticmethod
+    def _state_path(state_dir: Path | str | None, rank: int, world_size: int) -> Path | None:
+        return Path(state_dir) / _STATE_FILE.format(rank=rank, world=world_size) if state_dir is not None else None
+
+    def resume_key(self, world_size: int) -> dict[str, Any]:
+        """The settings and the number of processes: each process runs the reference on its own share."""
+        return {**self.config(), "world_size": world_size}
+
+    def discard_state(self, state_dir: Path | str | None) -> None:
+        """Deletes this process's resume file in `state_dir`."""
+        from dsnet.attacks.metrics import world
+
+        path = self._state_path(state_dir, *world())
+        if path is not None:
+            path.unlink(missing_ok=True)
+
+    def evaluate(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, clean: torch.Tensor,
+                 batch_size: int = 256, progress: str | None = None, state_dir: Path | str | None = None) -> Any:
+        """AutoAttack on this process's share of the points, through the reference (`run`), merged over processes.
+
+        Each process takes blocks of `batch_size` points round-robin (as the one loop does) and runs the
+        reference on all of them at once, since AutoAttack regroups the surviving points between its stages;
+        its random draws therefore depend on the number of processes (`resume_key` records it). AutoAttack makes
+        its own clean pass, so `clean` is not used. With `state_dir`, the reference's progress is kept there after
+        every batch (`autoattack-state.rank<r>of<n>.pt`), and an interrupted evaluation continues from it.
+
+        Returns:
+            An `AttackRun` whose extras hold the accuracy after every stage over all processes, the stages that
+            ran on any process, and the reference's check warnings.
+        """
+        from dsnet.attacks.metrics import AttackRun, _as_float, _device, _gather, perturbation_stats, world
+        from dsnet.runtime.distributed import all_reduce, gather_objects, shard_positions
+
+        rank, size = world()
+        n = images.shape[0]
+        device = _device(model, images.device)
+        positions = shard_positions(n, rank, size, batch_size)
+        stages = list(self.config()["stages"])
+        stages_run: list[str] = []
+        warnings_seen: list[str] = []
+        local = torch.zeros(positions.numel(), dtype=torch.int64, device=device)
+        pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        attacked = torch.zeros((), dtype=torch.int64, device=device)
+        if positions.numel():
+            index = positions.to(images.device)
+            x, y = _as_float(images[index].to(device)), labels[index].to(device)
+            result = self.run(model, x, y, state_path=self._state_path(state_dir, rank, size))
+            local = result.fallen_at.to(torch.int64)
+            stages, stages_run, warnings_seen = list(result.stages), list(result.stages_run), list(result.warnings)
+            broken = result.fallen_at >= 1
+            pairs.append((x[broken], result.x_adv[broken]))
+            attacked = result.clean.sum().to(torch.int64)
+        fallen_at = _gather(local, positions, n, device)
+        stats = perturbation_stats(pairs, device, self.eps)
+        stats["n_attacked"] = int(all_reduce(attacked.reshape(1), "sum"))
+        ran = set().union(*[set(names) for names in gather_objects(stages_run)])
+        merged: list[str] = []
+        for rank_warnings in gather_objects(warnings_seen):
+            merged += [w for w in rank_warnings if w not in merged]
+        total = max(n, 1)
+        stage_accuracy = {"clean": int((fallen_at != 0).sum()) / total}
+        for number, stage in enumerate(stages, start=1):
+            stage_accuracy[stage] = int(((fallen_at == -1) | (fallen_at > number)).sum()) / total
+        extra = {"stage_accuracy": stage_accuracy, "stages_run": [s for s in stages if s in ran], "warnings": merged}
+        return AttackRun(fallen_at == -1, stats, extra)
 
     def run(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, state_path: Path | str | None = None

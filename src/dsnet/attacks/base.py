@@ -11,9 +11,10 @@ Settings are checked when the attack is built; a bad value raises `ConfigError` 
 
 from __future__ import annotations
 
-import math
+import importlib
+import inspect
 from abc import ABC, abstractmethod
-from numbers import Integral, Real
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -21,34 +22,43 @@ import torch.nn as nn
 
 from dsnet.attacks.core import eval_mode
 from dsnet.errors import ConfigError
+from dsnet.registry import Registry
+from dsnet.validate import check_int, check_number
 
-__all__ = ["Attack", "check_inputs", "check_real", "check_int"]
+__all__ = ["Attack", "ATTACKS", "register_attack", "build_attack", "check_inputs", "check_number", "check_int"]
 
 
-def check_real(owner: str, name: str, value: Any, *, minimum: float = 0.0, strict: bool = False) -> float:
-    """Returns `value` as a float after checking that it is a finite real number >= (or >) `minimum`.
+def _import_attacks() -> None:
+    for module in ("linf", "autoattack"):
+        importlib.import_module(f"dsnet.attacks.{module}")
+
+
+ATTACKS: Registry[Callable[..., Attack]] = Registry("attack", hint="see dsnet.attacks.ATTACKS.names()",
+                                                    populate=_import_attacks)
+"""Attack name -> constructor (keyword arguments only); the metadata is a one-line description."""
+
+
+def register_attack(name: str, description: str) -> Callable[[Callable[..., Attack]], Callable[..., Attack]]:
+    """Registers an attack constructor (a class or a function returning an `Attack`) under `name`."""
+    return ATTACKS.register(name, meta=description)
+
+
+def build_attack(name: str, **kwargs: Any) -> Attack:
+    """Builds the registered attack `name` with constructor arguments `kwargs`.
 
     Raises:
-        ConfigError: naming `owner` and the argument `name`.
+        UnknownNameError: for an unknown attack name.
+        ConfigError: for an argument the attack does not take, or a bad value.
     """
-    bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(float(value)):
-        raise ConfigError(f"{owner}: {name} must be a finite number {bound}, got {value!r}")
-    value = float(value)
-    if value < minimum or (strict and value == minimum):
-        raise ConfigError(f"{owner}: {name} must be {bound}, got {value:g}")
-    return value
-
-
-def check_int(owner: str, name: str, value: Any, *, minimum: int) -> int:
-    """Returns `value` as an int after checking that it is an integer >= `minimum`.
-
-    Raises:
-        ConfigError: naming `owner` and the argument `name`.
-    """
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
-        raise ConfigError(f"{owner}: {name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+    factory = ATTACKS.get(name)
+    parameters = inspect.signature(factory).parameters
+    unknown = sorted(set(kwargs) - set(parameters))
+    if unknown:
+        raise ConfigError(
+            f"attack {name!r} has no setting {', '.join(map(repr, unknown))}; its settings are "
+            f"{', '.join(parameters)}"
+        )
+    return factory(**kwargs)
 
 
 def check_inputs(owner: str, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -119,6 +129,38 @@ class Attack(ABC):
         if generator is None:
             generator = self._generators[device] = torch.Generator(device=device)
         return generator.manual_seed(self.seed)
+
+    def evaluate(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, clean: torch.Tensor,
+                 batch_size: int = 256, progress: str | None = None, state_dir: Any = None) -> Any:
+        """This attack's per-point robust flags on a whole set of points, sharded across processes.
+
+        The default is the one robust-flags loop (`dsnet.attacks.metrics.attack_run`): the still-correct points,
+        `batch_size` at a time. An attack that must see all points at once (AutoAttack regroups the survivors
+        between its stages) overrides this.
+
+        Args:
+            model: maps (B, C, H, W) images in [0, 1] to logits.
+            images: (n, C, H, W) uint8 images or float images in [0, 1].
+            labels: (n,) labels.
+            clean: (n,) bool, the points classified correctly without attack.
+            batch_size: points per batch and per block of the sharding.
+            progress: label of a progress bar (rank 0, on a terminal), or None.
+            state_dir: a folder where an attack that can resume keeps its state (unused here).
+
+        Returns:
+            An `AttackRun`: (n,) flags on the CPU, statistics of the adversarial points, attack-specific extras.
+        """
+        from dsnet.attacks.metrics import attack_run
+
+        return attack_run(model, self, images, labels, clean=clean, batch_size=batch_size, progress=progress)
+
+    def resume_key(self, world_size: int) -> dict[str, Any]:
+        """What a stored result must have been made with to be reused: the settings (`config()`), and for an
+        attack whose results depend on the sharding, the number of processes."""
+        return self.config()
+
+    def discard_state(self, state_dir: Any) -> None:
+        """Deletes the resume state `evaluate` kept in `state_dir` (nothing for attacks without one)."""
 
     @abstractmethod
     def _perturb(

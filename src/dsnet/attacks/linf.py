@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from dsnet.attacks.base import Attack, check_int, check_real
+from dsnet.attacks.base import Attack, check_int, check_number, register_attack
 from dsnet.attacks.core import LossFn, sign_gradient_ascent
 from dsnet.attacks.losses import cross_entropy_loss, cw_margin_loss
 from dsnet.errors import ConfigError
@@ -28,6 +28,7 @@ from dsnet.errors import ConfigError
 __all__ = ["FGSM", "PGD", "CWInf", "fgsm_textbook"]
 
 
+@register_attack("fgsm", "FGSM on CE; random_start=True is the paper's variant (uniform start, ε step)")
 class FGSM(Attack):
     """Fast gradient sign method on cross-entropy.
 
@@ -40,7 +41,7 @@ class FGSM(Attack):
 
     def __init__(self, *, eps: float, random_start: bool = True, seed: int = 0) -> None:
         super().__init__(seed=seed)
-        self.eps = check_real("FGSM", "eps", eps)
+        self.eps = check_number("FGSM", "eps", eps)
         if not isinstance(random_start, bool):
             raise ConfigError(f"FGSM: random_start must be True or False, got {random_start!r}")
         self.random_start = random_start
@@ -71,6 +72,7 @@ class FGSM(Attack):
         )
 
 
+@register_attack("fgsm_textbook", "textbook FGSM: x + ε·sign(∇), no random start")
 def fgsm_textbook(*, eps: float, seed: int = 0) -> FGSM:
     """The textbook FGSM, x + ε·sign(∇), with no random start (registered as `fgsm_textbook`)."""
     return FGSM(eps=eps, random_start=False, seed=seed)
@@ -84,8 +86,8 @@ class _SignAscentAttack(Attack):
     ) -> None:
         super().__init__(seed=seed)
         owner = type(self).__name__
-        self.eps = check_real(owner, "eps", eps)
-        self.step_size = check_real(owner, "step_size", step_size)
+        self.eps = check_number(owner, "eps", eps)
+        self.step_size = check_number(owner, "step_size", step_size)
         # steps = 0 is allowed on purpose: it returns the start (the clean input without a random start),
         # a useful sanity check of an evaluation pipeline.
         self.steps = check_int(owner, "steps", steps, minimum=0)
@@ -141,6 +143,7 @@ class _SignAscentAttack(Attack):
         return best
 
 
+@register_attack("pgd", "PGD on CE, uniform start, worst case over restarts")
 class PGD(_SignAscentAttack):
     """Projected gradient descent (Madry et al.) on cross-entropy, L-inf.
 
@@ -177,6 +180,7 @@ class PGD(_SignAscentAttack):
         return lambda logits, _: cross_entropy_loss(logits, y)
 
 
+@register_attack("cw_inf", "PGD on the Carlini–Wagner margin loss (the paper's C&W∞)")
 class CWInf(_SignAscentAttack):
     """PGD on the Carlini–Wagner margin loss (the paper's "C&W∞"), L-inf.
 
@@ -206,7 +210,7 @@ class CWInf(_SignAscentAttack):
         super().__init__(
             eps=eps, step_size=step_size, steps=steps, restarts=restarts, random_start=random_start, seed=seed
         )
-        self.kappa = check_real("CWInf", "kappa", kappa)
+        self.kappa = check_number("CWInf", "kappa", kappa)
 
     @property
     def label(self) -> str:

@@ -12,33 +12,28 @@ Modules: `datasets` (registry, file formats, `ImageSplit`), `download` (resumabl
 extraction), `splits` (validation split), `loader` (batching, augmentation, DDP sharding).
 """
 
-from dsnet.data.datasets import (
-    DATASETS,
-    DatasetInfo,
-    ImageSplit,
-    Resource,
-    download_dataset,
-    load_dataset,
-    missing_files,
-)
-from dsnet.data.download import download_file, extract_tar, file_md5
-from dsnet.data.loader import DeviceLoader, augment_batch, to_float
-from dsnet.data.splits import split_indices, train_val_split
+from __future__ import annotations
 
-__all__ = [
-    "DATASETS",
-    "DatasetInfo",
-    "DeviceLoader",
-    "ImageSplit",
-    "Resource",
-    "augment_batch",
-    "download_dataset",
-    "download_file",
-    "extract_tar",
-    "file_md5",
-    "load_dataset",
-    "missing_files",
-    "split_indices",
-    "to_float",
-    "train_val_split",
-]
+from dsnet.lazy import lazy_exports
+
+_EXPORTS = {
+    "DATASETS": "datasets",
+    "DatasetInfo": "datasets",
+    "ImageSplit": "datasets",
+    "Resource": "datasets",
+    "download_dataset": "datasets",
+    "load_dataset": "datasets",
+    "missing_files": "datasets",
+    "download_file": "download",
+    "extract_tar": "download",
+    "file_md5": "download",
+    "DeviceLoader": "loader",
+    "augment_batch": "loader",
+    "to_float": "loader",
+    "split_indices": "splits",
+    "train_val_split": "splits",
+}
+
+__all__ = list(_EXPORTS)
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

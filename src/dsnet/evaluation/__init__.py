@@ -13,7 +13,14 @@ from dsnet.lazy import lazy_exports
 
 _EXPORTS = {
     "evaluate": "evaluator",
+    "EvalSettings": "evaluator",
+    "Evaluation": "evaluator",
     "resolve_attack_names": "evaluator",
+    "PRESETS": "presets",
+    "Preset": "presets",
+    "DEFAULT_ATTACKS": "presets",
+    "resolve_preset": "presets",
+    "build_attacks": "presets",
     "default_out_dir": "evaluator",
     "EvalReport": "report",
     "AttackOutcome": "report",
@@ -38,5 +45,4 @@ _EXPORTS = {
 
 __all__ = list(_EXPORTS)
 
-# Imported on first use, so that `dsnet -h` does not load torch.
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

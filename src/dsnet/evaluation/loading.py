@@ -103,8 +103,8 @@ def load_model_for_evaluation(
         ConfigError: a bare state dict without `model_name` or `dataset`, or a class count that does not fit.
         UnknownNameError: an unknown model, dataset or objective name.
     """
-    from dsnet.attacks import TRAINED_WITH
     from dsnet.models import create_model
+    from dsnet.objectives import OBJECTIVES
     from dsnet.runtime.checkpoint import load_checkpoint, load_model_state
 
     path = Path(checkpoint)
@@ -152,9 +152,9 @@ def load_model_for_evaluation(
             trained_with, source = "at", "assumed (the file holds no training config; pass --trained-with)"
             logger.warning("%s holds no training config: assuming an AT-trained model for the step sizes "
                            "(pass --trained-with trades for a TRADES model)", path)
-    if trained_with not in TRAINED_WITH:
+    if trained_with not in OBJECTIVES:
         raise UnknownNameError(f"training objective {trained_with!r} has no evaluation step preset; pass "
-                               f"--trained-with one of {', '.join(TRAINED_WITH)}")
+                               f"--trained-with one of {', '.join(OBJECTIVES.names())}")
 
     model = create_model(name, num_classes=num_classes, **kwargs)
     load_model_state(model, described, path=path, expected_name=name)

@@ -29,7 +29,6 @@ __all__ = [
     "EvalReport",
     "REPORT_FORMAT",
     "METRIC_ORDER",
-    "PRESET_NOTES",
     "eps_fraction",
     "flags_to_string",
     "flags_from_string",
@@ -43,18 +42,10 @@ METRIC_ORDER = ("clean", "fgsm", "fgsm_textbook", "pgd", "cw_inf", "autoattack")
 
 _SHORT_LABELS = {"clean": "Natural", "autoattack": "AA"}
 
-PRESET_NOTES = {
-    "paper": (
-        "the DS-Net authors' evaluation: ε = 0.031 (not 8/255); FGSM = uniform random start then one ε step; "
-        "PGD-20 and CW∞-30 (κ = 50), uniform start, step 0.031/4 for AT/MART-trained models and 0.003 for "
-        "TRADES-trained models; AutoAttack version 'standard' through the reference code"
-    ),
-    "standard": (
-        "the RobustBench threat model: ε = 8/255; FGSM = uniform random start then one ε step; PGD-20 and "
-        "CW∞-30 (κ = 50), uniform start, step 2/255 (ε/4) for every model; AutoAttack version 'standard' "
-        "through the reference code"
-    ),
-}
+def _preset_note(preset: str) -> str:
+    from dsnet.evaluation.presets import PRESETS
+
+    return PRESETS.get(preset).description if preset in PRESETS else ""
 
 
 def eps_fraction(eps: float) -> str:
@@ -231,7 +222,7 @@ class EvalReport:
             "n": self.n,
             "selection": self.selection.to_dict(),
             "threat_model": {"norm": "Linf", "eps": self.eps, "eps_255": eps_fraction(self.eps),
-                             "preset": self.preset, "preset_description": PRESET_NOTES.get(self.preset, ""),
+                             "preset": self.preset, "preset_description": _preset_note(self.preset),
                              "step_note": self.step_note, "custom_overrides": dict(self.overrides)},
             "accuracy": self.accuracy,
             "worst_case": {"accuracy": self.worst_case_accuracy, "robust": int(self.worst_case_flags.sum()),
@@ -311,7 +302,7 @@ class EvalReport:
             f"{model.get('num_classes')} classes, "
             f"{model.get('parameters', 0):,} parameters, weights sha256 {str(model.get('weights_sha256', ''))[:16]}…",
             f"- trained with: {model.get('trained_with')} ({model.get('trained_with_source')})",
-            f"- preset {self.preset}: {PRESET_NOTES.get(self.preset, '')}",
+            f"- preset {self.preset}: {_preset_note(self.preset)}",
             f"- seeds: {', '.join(f'{k} {v}' for k, v in self.seeds.items())}",
             f"- device: {self.device.get('name')} × {self.device.get('world_size')} process(es), fp32",
             f"- versions: {', '.join(f'{k} {v}' for k, v in self.versions.items())}",

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from dsnet.errors import DsnetError
-from dsnet.training.metrics import read_metrics
 from dsnet.experiments.cell_eval import read_cell_report
-from dsnet.experiments.layout import REPORT_NAME, RECIPE_FILE, cell_dir, eval_dir, run_dir, tables_dir
 from dsnet.experiments.grids import GRIDS, METRIC_LABELS, METRICS, STYLES, Cell, count_params
+from dsnet.experiments.layout import RECIPE_FILE, REPORT_NAME, cell_dir, eval_dir, run_dir, tables_dir
+from dsnet.training.metrics import read_metrics
 
 __all__ = [
     "RunRecord",

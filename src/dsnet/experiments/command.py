@@ -6,9 +6,7 @@ import argparse
 
 from dsnet.errors import ConfigError, DsnetError
 
-__all__ = ["add_reproduce_arguments", "run_reproduce", "REPRODUCE_HELP"]
-
-REPRODUCE_HELP = "run a paper table or figure (grid of models x styles x seeds), skip finished runs, aggregate"
+__all__ = ["add_reproduce_arguments", "run_reproduce"]
 
 
 def _csv(text: str) -> list[str]:

@@ -39,6 +39,7 @@ from typing import Any
 import dsnet
 from dsnet.config import read_recipe
 from dsnet.errors import ConfigError
+from dsnet.registry import Registry
 
 __all__ = [
     "STYLES",
@@ -115,9 +116,15 @@ class Variant:
 
     @property
     def display(self) -> str:
-        """The label, else the model's registered label (`ModelInfo.label`) for a plain row, else the name."""
+        """The label (its "{blocks}" filled in with the blocks' registered labels), else the model's registered
+        label (`ModelInfo.label`) for a plain row, else the name."""
         if self.label:
-            return self.label
+            if "{blocks}" not in self.label:
+                return self.label
+            from dsnet.models.atomic_blocks import block_label
+
+            blocks = list(dict.fromkeys(self.kwargs.get("blocks", ())))
+            return self.label.replace("{blocks}", ", ".join(block_label(b) for b in blocks))
         if self.name == self.model and not self.kwargs:
             from dsnet.models import MODELS
 
@@ -154,7 +161,6 @@ class GridSpec:
     default_seeds: tuple[int, ...] = (0, 1, 2)
 
 
-_BLOCK_LABELS = {"residual": "Residual", "mbconv": "MBConv (Search)", "dense": "Dense", "ada_rk": "Ada-RK"}
 _BLOCKS = ("residual", "mbconv", "dense", "ada_rk")
 _INITS = ("normal", "uniform", "lognormal", "exponential", "geometric")
 
@@ -167,7 +173,7 @@ def _plain_models(*names: str) -> tuple[Variant, ...]:
 def _fig4_variants() -> tuple[Variant, ...]:
     # Panel b's reference, DS-Net-4 under AT, is the same run as panel a's first row.
     return tuple(Variant(f"dsnet4-same-{b}", "dsnet4", {"attention": "same_block", "blocks": [b]},
-                         label=f"4 × {_BLOCK_LABELS[b]}", panel="b")
+                         label="4 × {blocks}", panel="b")
                  for b in ("dense", "residual", "ada_rk", "mbconv"))
 
 
@@ -176,39 +182,40 @@ def _fig6_variants() -> tuple[Variant, ...]:
     for size in (3, 2):
         for combo in itertools.combinations(_BLOCKS, size):
             out.append(Variant(f"dsnet4-blocks-{'+'.join(combo)}", "dsnet4", {"blocks": list(combo)},
-                               label=f"{size} blocks: {', '.join(_BLOCK_LABELS[b].split()[0] for b in combo)}",
+                               label=f"{size} blocks: {{blocks}}",
                                match_params_of="dsnet4"))
     return tuple(out)
 
 
-GRIDS: dict[str, GridSpec] = {
-    "table1": GridSpec(
+GRIDS: Registry[GridSpec] = Registry("grid", hint="dsnet reproduce -h lists them")
+for _spec in (
+    GridSpec(
         "table1", "Table 1: ST accuracy vs AT robustness, and their rankings (CIFAR-10)",
         (Entry("cifar10", ("standard", "at"),
                _plain_models("wrn28_10", "resnet62", "densenet121", "mobilenetv2", "resnet50", "adark_net")),),
         {"standard": (), "at": ("pgd",)},
     ),
-    "table2": GridSpec(
+    GridSpec(
         "table2", "Table 2: AT on CIFAR-10 and SVHN",
         (Entry("cifar10", ("at",), _plain_models("resnet50", "wrn34_10", "sat_resnet50", "sat_wrn34_10", "ie_resnet50",
                                                   "ie_wrn34_10", "adark_net", "robnet_large_v2", "dsnet4", "dsnet6")),
          Entry("svhn", ("at",), _plain_models("resnet50", "wrn34_10", "dsnet4", "dsnet6"))),
         {"at": ("*",)},
     ),
-    "table3": GridSpec(
+    GridSpec(
         "table3", "Table 3: MART (β = 6) on CIFAR-10 and SVHN",
         (Entry("cifar10", ("mart",), _plain_models("robnet_large_v2", "wrn34_10", "ie_wrn34_10", "dsnet4", "dsnet6")),
          Entry("svhn", ("mart",), _plain_models("wrn34_10", "dsnet4", "dsnet6"))),
         {"mart": ("*",)},
     ),
-    "trades": GridSpec(
+    GridSpec(
         "trades", "TRADES (β = 1 and 6) on CIFAR-10 and SVHN (the paper's Appendix C)",
         (Entry("cifar10", ("trades1", "trades6"),
                _plain_models("robnet_large_v2", "wrn34_10", "ie_wrn34_10", "dsnet4", "dsnet6")),
          Entry("svhn", ("trades1", "trades6"), _plain_models("wrn34_10", "dsnet4", "dsnet6"))),
         {"trades1": ("*",), "trades6": ("*",)},
     ),
-    "table4": GridSpec(
+    GridSpec(
         "table4", "Table 4: pruning to the top-m blocks per module, retrained with fixed weights (AT, CIFAR-10)",
         (Entry("cifar10", ("at",), tuple(
             Variant(f"dsnet4-prune{m}", "dsnet4", label=f"{m} block{'s' if m > 1 else ''}"
@@ -217,7 +224,7 @@ GRIDS: dict[str, GridSpec] = {
                                                                                   label="Ours (DS-Net-4-softmax)"),)),),
         {"at": ("pgd",)},
     ),
-    "fig4": GridSpec(
+    GridSpec(
         "fig4", "Figure 4: (a) fixed uniform vs learned attention weights; (b) four copies of one block (CIFAR-10)",
         (Entry("cifar10", ("at", "trades1", "mart"),
                (Variant("dsnet4", "dsnet4", label="DS-Net-4-softmax", panel="a"),
@@ -225,7 +232,7 @@ GRIDS: dict[str, GridSpec] = {
          Entry("cifar10", ("at",), _fig4_variants())),
         {"at": ("pgd",), "trades1": ("pgd",), "mart": ("pgd",)},
     ),
-    "fig5": GridSpec(
+    GridSpec(
         "fig5", "Figure 5: attention initialisations (AT, CIFAR-10, drawn as the authors' code draws them)",
         (Entry("cifar10", ("at",), tuple(
             Variant(f"dsnet4-init-{kind}", "dsnet4", {"attention_init": kind},
@@ -234,13 +241,14 @@ GRIDS: dict[str, GridSpec] = {
                        parent="dsnet4-init-normal", derive="init_from_parent"),)),),
         {"at": ("pgd",)},
     ),
-    "fig6": GridSpec(
+    GridSpec(
         "fig6", "Figure 6: block space reduced to 2 or 3 blocks, parameters matched to DS-Net-4 (AT, CIFAR-10)",
         (Entry("cifar10", ("at",), _fig6_variants()),),
         {"at": ("pgd",)},
         default_seeds=(0,),
     ),
-}
+):
+    GRIDS.add(_spec.name, _spec)
 
 # ---------------------------------------------------------------------------------------------------- scale
 
@@ -285,13 +293,15 @@ class Scale:
     eval_sanity: bool = True
 
 
-SCALES: dict[str, Scale] = {
-    "paper": Scale("paper"),
-    "mini": Scale("mini", tiny_models=True, epochs=2, train_subset=512, val_size=64, batch_size=64,
+SCALES: Registry[Scale] = Registry("scale", hint="--scale paper or mini")
+for _scale in (
+    Scale("paper"),
+    Scale("mini", tiny_models=True, epochs=2, train_subset=512, val_size=64, batch_size=64,
                   train_attack_steps=3, val_pgd_steps=2, selection="last", n_examples=128,
                   attacks=("fgsm", "pgd", "cw_inf"), attack_overrides={"pgd": {"steps": 5}, "cw_inf": {"steps": 5}},
                   autoattack_fraction=None, eval_sanity=False),
-}
+):
+    SCALES.add(_scale.name, _scale)
 
 
 @dataclass(frozen=True)
@@ -360,7 +370,7 @@ class Cell:
         parent_id: run id of the run this one is derived from.
         derive: how it is derived ("prune:<m>", "init_from_parent").
         target_params: parameter count the DS-Net's width is matched to (after derivation for pruned models).
-        source: where the base recipe came from (a YAML file, or the built-in paper setting).
+        source: the recipe file the cell's recipe was made from.
     """
 
     grid: str
@@ -388,53 +398,25 @@ def default_configs_dir() -> Path | None:
     return checkout if checkout.is_dir() else None
 
 
-_BUILTIN_SCHEDULES: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {
-    ("cifar10", "at"): (120, {"name": "piecewise", "milestones": [60, 90], "factors": [0.1, 0.01]}),
-    ("cifar10", "trades"): (85, {"name": "piecewise", "milestones": [75], "factors": [0.1]}),
-    ("cifar10", "mart"): (90, {"name": "piecewise", "milestones": [60], "factors": [0.1]}),
-    ("svhn", "at"): (100, {"name": "piecewise", "milestones": [40, 70], "factors": [0.1, 0.01], "warmup_epochs": 5}),
-    ("svhn", "trades"): (65, {"name": "piecewise", "milestones": [55], "factors": [0.1], "warmup_epochs": 5}),
-    ("svhn", "mart"): (70, {"name": "piecewise", "milestones": [40], "factors": [0.1], "warmup_epochs": 5}),
-}
-
-
-def _builtin_recipe(dataset: str, recipe_style: str, model: str) -> dict[str, Any]:
-    """The paper's setting (SPEC.md §4) when no recipe file is at hand, e.g. for an installed package."""
-    objective_name = {"at": "at", "trades1": "trades", "trades6": "trades", "mart": "mart"}[recipe_style]
-    key = (dataset, objective_name)
-    if key not in _BUILTIN_SCHEDULES:
-        raise ConfigError(f"no built-in recipe for {dataset} {recipe_style}; give --configs-dir with "
-                          f"{dataset}_{recipe_style}_<model>.yaml")
-    epochs, schedule = _BUILTIN_SCHEDULES[key]
-    step = 0.003 if dataset == "svhn" else 0.007
-    objective: dict[str, Any] = {"name": objective_name, "eps": 0.031, "step_size": step, "steps": 10,
-                                 "noise_std": 0.0 if objective_name == "mart" else 0.001}
-    if objective_name != "at":
-        objective["beta"] = {"trades1": 1.0}.get(recipe_style, 6.0)
-    return {"model": {"name": model}, "data": {"dataset": dataset, "val_size": 1000}, "objective": objective,
-            "optim": {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4}, "schedule": dict(schedule),
-            "train": {"epochs": epochs, "batch_size": 128, "selection": "first_decay_plus_one"}}
-
-
 def base_recipe(dataset: str, style: str, model: str, configs_dir: Path | None) -> tuple[dict[str, Any], str]:
     """The recipe of `model` trained in `style` on `dataset`, and where it came from.
 
     Looks for `<dataset>_<style>_<model>.yaml`, then `<dataset>_<style>_dsnet4.yaml` (the paper trains every
-    model with the same setting), then falls back to the built-in paper setting. The ST style uses the AT
-    recipe with the `standard` objective.
+    model with the same setting). The recipe files are the one source of the paper's settings. The ST style uses
+    the AT recipe with the `standard` objective.
+
+    Raises:
+        ConfigError: neither file is in `configs_dir` (or no recipe folder was found).
     """
     info = STYLES[style]
-    raw: dict[str, Any] | None = None
-    source = "built-in paper setting"
-    if configs_dir is not None:
-        for stem in (f"{dataset}_{info.recipe_style}_{model}", f"{dataset}_{info.recipe_style}_dsnet4"):
-            path = Path(configs_dir) / f"{stem}.yaml"
-            if path.is_file():
-                raw, source = read_recipe(path), str(path)
-                break
-    if raw is None:
-        raw = _builtin_recipe(dataset, info.recipe_style, model)
-    raw = copy.deepcopy(raw)
+    stems = (f"{dataset}_{info.recipe_style}_{model}", f"{dataset}_{info.recipe_style}_dsnet4")
+    path = next((Path(configs_dir) / f"{stem}.yaml" for stem in stems
+                 if configs_dir is not None and (Path(configs_dir) / f"{stem}.yaml").is_file()), None)
+    if path is None:
+        where = f"in {configs_dir}" if configs_dir is not None else "(no configs/ folder here or in the dsnet source)"
+        raise ConfigError(f"no recipe for {dataset} {info.recipe_style} {model} {where}: expected {stems[0]}.yaml or "
+                          f"{stems[1]}.yaml; pass --configs-dir with the recipes of dsnet's configs/ folder")
+    raw, source = copy.deepcopy(read_recipe(path)), str(path)
     if raw.get("model", {}).get("name") != model:
         raw["model"] = {"name": model}
     if info.objective == "standard":
@@ -530,13 +512,7 @@ def build_grid(
     """
     from dsnet.config import apply_overrides
 
-    if name not in GRIDS:
-        import difflib
-
-        close = difflib.get_close_matches(name, GRIDS, n=2)
-        raise ConfigError(f"unknown grid {name!r}; " + (f"did you mean {', '.join(close)}?" if close else
-                                                        f"choose one of {', '.join(GRIDS)}"))
-    spec = GRIDS[name]
+    spec = GRIDS.get(name)
     scale = SCALES[scale] if isinstance(scale, str) else scale
     seeds = tuple(spec.default_seeds if seeds is None else seeds)
     configs = Path(configs_dir) if configs_dir is not None else default_configs_dir()

@@ -30,6 +30,7 @@ import yaml
 from dsnet.config import RESULT_NEUTRAL_KEYS, config_from_dict
 from dsnet.errors import ConfigError, DsnetError
 from dsnet.experiments.cell_eval import evaluate_cell, read_cell_report
+from dsnet.experiments.grids import Cell, EvalSpec, Scale, build_grid, with_scale
 from dsnet.experiments.layout import (
     CELL_FILE,
     RECIPE_FILE,
@@ -40,7 +41,6 @@ from dsnet.experiments.layout import (
     run_dir,
     training_finished,
 )
-from dsnet.experiments.grids import Cell, EvalSpec, Scale, build_grid, with_scale
 from dsnet.runtime.files import write_text_atomic
 from dsnet.runtime.lock import FolderLock
 from dsnet.runtime.records import describe_differences, differences, plain

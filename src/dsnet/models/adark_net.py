@@ -28,8 +28,8 @@ import torch.nn as nn
 
 from dsnet.errors import ConfigError
 from dsnet.models.atomic_blocks import AdaRKBlock, ReductionBlock, ResidualBlock, set_bn_updates
-from dsnet.models.layers import conv3x3
 from dsnet.models.base import ImageClassifier
+from dsnet.models.layers import conv3x3
 from dsnet.models.registry import ModelInfo, register_model
 
 __all__ = ["SSP2Block", "AdaRKNet"]

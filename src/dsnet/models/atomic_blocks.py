@@ -40,6 +40,7 @@ __all__ = [
     "BLOCKS",
     "BN_UPDATES",
     "register_block",
+    "block_label",
     "set_bn_updates",
     "ConvUnit",
     "ResidualBlock",
@@ -72,9 +73,15 @@ def set_bn_updates(model: nn.Module, mode: str) -> None:
             module.bn_updates = mode
 
 
-def register_block(name: str) -> Callable[[Callable[[int], nn.Module]], Callable[[int], nn.Module]]:
-    """Registers a block constructor `cls(channels)` under `name` so DS-Net can use it by name."""
-    return BLOCKS.register(name)
+def register_block(name: str, label: str | None = None) -> Callable[[Callable[[int], nn.Module]], Callable[[int], nn.Module]]:
+    """Registers a block constructor `cls(channels)` under `name` so DS-Net can use it by name; `label` is how
+    tables and plots name it (default: the name)."""
+    return BLOCKS.register(name, meta=label or name)
+
+
+def block_label(name: str) -> str:
+    """The display name of a registered block ("Ada-RK" for `ada_rk`); an unknown name is shown as it is."""
+    return BLOCKS.meta(name) if name in BLOCKS else name
 
 
 class ConvUnit(nn.Module):
@@ -95,10 +102,10 @@ class ConvUnit(nn.Module):
         return self.conv2(F.relu(self.bn2(out)))
 
 
-register_block("conv")(ConvUnit)
+register_block("conv", "Conv")(ConvUnit)
 
 
-@register_block("residual")
+@register_block("residual", "Residual")
 class ResidualBlock(nn.Module):
     """y = BN(F(x) + x): a pre-activation residual block with an extra BN on the sum. Params 18C² + 8C."""
 
@@ -111,7 +118,7 @@ class ResidualBlock(nn.Module):
         return self.bn_out(self.branch(x) + x)
 
 
-@register_block("mbconv")
+@register_block("mbconv", "MBConv")
 class MBConvBlock(nn.Module):
     """Mobile inverted bottleneck with squeeze-excitation and Swish (EfficientNet), the "search-based" block.
 
@@ -159,7 +166,7 @@ class _DenseLayer(nn.Module):
         return self.conv2(F.relu(self.bn2(self.conv1(F.relu(self.bn1(x))))))
 
 
-@register_block("dense")
+@register_block("dense", "Dense")
 class DenseBlock(nn.Module):
     """DenseNet-BC block whose output averages its features instead of concatenating them.
 
@@ -185,7 +192,7 @@ class DenseBlock(nn.Module):
         return self.bn_out(total / len(features))
 
 
-@register_block("ada_rk")
+@register_block("ada_rk", "Ada-RK")
 class AdaRKBlock(nn.Module):
     """Adaptive two-stage Runge–Kutta block (Kim et al., ECCV 2020) with learnable coefficients.
 

@@ -30,11 +30,11 @@ import torch
 import torch.nn as nn
 
 from dsnet.errors import ConfigError
-from dsnet.registry import unknown_name
 from dsnet.models.atomic_blocks import BLOCKS, ReductionBlock, set_bn_updates
 from dsnet.models.base import ImageClassifier
 from dsnet.models.layers import conv3x3
 from dsnet.models.registry import ModelInfo, register_model
+from dsnet.registry import unknown_name
 
 __all__ = [
     "DSNet",

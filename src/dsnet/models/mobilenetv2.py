@@ -26,8 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dsnet.models.layers import conv1x1, conv3x3
 from dsnet.models.base import ImageClassifier
+from dsnet.models.layers import conv1x1, conv3x3
 from dsnet.models.registry import ModelInfo, register_model
 
 __all__ = ["CIFAR_STAGES", "InvertedResidual", "MobileNetV2"]

@@ -22,8 +22,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from dsnet.models.layers import conv1x1, conv3x3
 from dsnet.models.base import ImageClassifier
+from dsnet.models.layers import conv1x1, conv3x3
 from dsnet.models.registry import ModelInfo, register_model
 
 __all__ = ["PreActBlock", "PreActResNet"]

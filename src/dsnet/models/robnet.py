@@ -34,8 +34,8 @@ import torch
 import torch.nn as nn
 
 from dsnet.errors import ConfigError
-from dsnet.models.layers import conv1x1, conv3x3
 from dsnet.models.base import ImageClassifier
+from dsnet.models.layers import conv1x1, conv3x3
 from dsnet.models.registry import ModelInfo, register_model
 
 __all__ = ["ROBNET_LARGE_V2", "SepConv", "FactorizedReduce", "ResSepConv", "RobNetCell", "RobNet"]

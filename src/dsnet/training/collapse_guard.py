@@ -14,16 +14,15 @@ weights from before the drop.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from dsnet.attacks.core import eval_mode, sign_gradient_ascent
-from dsnet.errors import ConfigError
+from dsnet.attacks.linf import PGD
+from dsnet.attacks.metrics import robust_flags
+from dsnet.validate import Problems, is_number
 
 __all__ = ["CollapseCheck", "CollapseGuard"]
 
@@ -79,20 +78,17 @@ class CollapseGuard:
         threshold: float = 0.2,
         seed: int = 0,
     ) -> None:
-        problems = []
-        if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not math.isfinite(eps) or eps < 0:
-            problems.append(f"eps must be a finite number >= 0, got {eps!r}")
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-            problems.append(f"steps must be an integer >= 1, got {steps!r}")
-        if step_size is not None and (not isinstance(step_size, (int, float)) or not step_size > 0):
-            problems.append(f"step_size must be a number > 0, got {step_size!r}")
-        if not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
-            problems.append(f"threshold must be a fraction in (0, 1], got {threshold!r}")
+        problems = Problems("collapse guard")
+        problems.number("eps", eps)
+        problems.integer("steps", steps, minimum=1)
+        if step_size is not None:
+            problems.number("step_size", step_size, strict=True)
+        if not is_number(threshold) or not 0 < threshold <= 1:
+            problems.add(f"threshold must be a fraction in (0, 1], got {threshold!r}")
         if x_probe.dim() < 2 or y_probe.shape != x_probe.shape[:1] or x_probe.shape[0] == 0:
-            problems.append(f"probe batch must be (B, ...) images with (B,) labels, B >= 1, got "
-                            f"{tuple(x_probe.shape)} and {tuple(y_probe.shape)}")
-        if problems:
-            raise ConfigError("collapse guard: " + "; ".join(problems))
+            problems.add(f"probe batch must be (B, ...) images with (B,) labels, B >= 1, got "
+                         f"{tuple(x_probe.shape)} and {tuple(y_probe.shape)}")
+        problems.raise_if_any()
         self.x_probe = x_probe.detach()
         self.y_probe = y_probe.detach()
         self.eps = float(eps)
@@ -104,16 +100,10 @@ class CollapseGuard:
         self.history: list[float] = []
 
     def robust_accuracy(self, model: nn.Module) -> float:
-        """PGD accuracy of `model` on the probe batch (a fraction; syncs with the device once)."""
-        y = self.y_probe
-        generator = torch.Generator(device=self.x_probe.device).manual_seed(self.seed)
-        x_adv = sign_gradient_ascent(
-            model, self.x_probe, lambda logits, _: F.cross_entropy(logits, y, reduction="none"),
-            eps=self.eps, step_size=self.step_size, steps=self.steps, start="uniform", generator=generator,
-        )
-        with eval_mode(model), torch.no_grad():
-            correct = (model(x_adv).argmax(dim=1) == y).float().mean()
-        return float(correct.item())
+        """PGD robust accuracy of `model` on the probe batch (a fraction), through the one robust-flags loop."""
+        attack = PGD(eps=self.eps, step_size=self.step_size, steps=self.steps, seed=self.seed)
+        flags = robust_flags(model, attack, self.x_probe, self.y_probe, batch_size=self.x_probe.shape[0])
+        return float(flags.float().mean())
 
     def check(self, model: nn.Module) -> CollapseCheck:
         """Measures the probe accuracy after an epoch and compares it with the reference.

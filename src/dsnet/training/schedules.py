@@ -26,25 +26,16 @@ Past the end of training (epoch > epochs + 1) every schedule holds its final val
 from __future__ import annotations
 
 import bisect
-import difflib
 import math
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from dsnet.errors import ConfigError
 from dsnet.registry import Registry
+from dsnet.validate import Problems, Settings, build_settings, is_number
 
 __all__ = ["SCHEDULES", "Schedule", "PiecewiseSchedule", "CosineSchedule", "CyclicSchedule", "build_schedule"]
 
 SCHEDULES: Registry[type[Schedule]] = Registry("schedule")
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _register(cls: type[Schedule]) -> type[Schedule]:
@@ -53,7 +44,7 @@ def _register(cls: type[Schedule]) -> type[Schedule]:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Schedule:
+class Schedule(Settings):
     """Base of the LR schedules: a frozen, validated config that is called with the 1-based fractional epoch.
 
     Attributes:
@@ -62,28 +53,17 @@ class Schedule:
         warmup_epochs: W, linear warm-up over epochs <= W (0 = none); must be < epochs.
     """
 
-    name: ClassVar[str] = ""
+    kind: ClassVar[str] = "schedule"
+    fixed: ClassVar[tuple[str, ...]] = ("base_lr", "epochs")  # from optim.lr and train.epochs
     base_lr: float
     epochs: int
     warmup_epochs: int = 0
 
-    def __post_init__(self) -> None:
-        problems: list[str] = []
-        if not _is_number(self.base_lr) or self.base_lr <= 0:
-            problems.append(f"base_lr must be a finite number > 0, got {self.base_lr!r}")
-        if not _is_int(self.epochs) or self.epochs < 1:
-            problems.append(f"epochs must be an integer >= 1, got {self.epochs!r}")
-        if not _is_int(self.warmup_epochs) or self.warmup_epochs < 0:
-            problems.append(f"warmup_epochs must be an integer >= 0, got {self.warmup_epochs!r}")
-        elif _is_int(self.epochs) and self.warmup_epochs >= self.epochs > 0:
-            problems.append(f"warmup_epochs ({self.warmup_epochs}) must be less than epochs ({self.epochs})")
-        self._validate(problems)
-        if problems:
-            raise ConfigError(f"schedule {self.name!r}: " + "; ".join(problems))
-        object.__setattr__(self, "base_lr", float(self.base_lr))
-
-    def _validate(self, problems: list[str]) -> None:
-        """Appends a message for each invalid schedule-specific parameter."""
+    def _validate(self, problems: Problems) -> None:
+        problems.number("base_lr", self.base_lr, strict=True)
+        if problems.integer("epochs", self.epochs, minimum=1) and problems.integer(
+                "warmup_epochs", self.warmup_epochs, minimum=0) and self.warmup_epochs >= self.epochs:
+            problems.add(f"warmup_epochs ({self.warmup_epochs}) must be less than epochs ({self.epochs})")
 
     def _after_warmup(self, epoch: float) -> float:
         """The LR at a 1-based fractional `epoch` past the warm-up."""
@@ -104,14 +84,6 @@ class Schedule:
     def __call__(self, epoch: float) -> float:
         return self.lr_at(epoch)
 
-    def config(self) -> dict[str, Any]:
-        """The schedule's name and parameters, for logs and checkpoints."""
-        out: dict[str, Any] = {"name": self.name}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = list(value) if isinstance(value, tuple) else value
-        return out
-
 
 @_register
 @dataclass(frozen=True, kw_only=True)
@@ -131,19 +103,20 @@ class PiecewiseSchedule(Schedule):
     milestones: tuple[float, ...]
     factors: tuple[float, ...]
 
-    def _validate(self, problems: list[str]) -> None:
+    def _validate(self, problems: Problems) -> None:
+        super()._validate(problems)
         milestones, factors = self.milestones, self.factors
-        if not isinstance(milestones, (list, tuple)) or not all(_is_number(m) and m >= 1 for m in milestones):
-            problems.append(f"milestones must be a list of 1-based epochs >= 1, got {milestones!r}")
+        if not isinstance(milestones, (list, tuple)) or not all(is_number(m) and m >= 1 for m in milestones):
+            problems.add(f"milestones must be a list of 1-based epochs >= 1, got {milestones!r}")
         elif any(b <= a for a, b in zip(milestones, milestones[1:])):
-            problems.append(f"milestones must be strictly increasing, got {list(milestones)}")
-        elif milestones and _is_int(self.warmup_epochs) and milestones[0] <= self.warmup_epochs:
-            problems.append(f"milestones must come after the warm-up (warmup_epochs={self.warmup_epochs}), "
-                            f"got {list(milestones)}")
-        if not isinstance(factors, (list, tuple)) or not all(_is_number(f) and f > 0 for f in factors):
-            problems.append(f"factors must be a list of numbers > 0, got {factors!r}")
+            problems.add(f"milestones must be strictly increasing, got {list(milestones)}")
+        elif milestones and isinstance(self.warmup_epochs, int) and milestones[0] <= self.warmup_epochs:
+            problems.add(f"milestones must come after the warm-up (warmup_epochs={self.warmup_epochs}), "
+                         f"got {list(milestones)}")
+        if not isinstance(factors, (list, tuple)) or not all(is_number(f) and f > 0 for f in factors):
+            problems.add(f"factors must be a list of numbers > 0, got {factors!r}")
         elif isinstance(milestones, (list, tuple)) and len(factors) != len(milestones):
-            problems.append(f"factors ({len(factors)}) and milestones ({len(milestones)}) must have the same length")
+            problems.add(f"factors ({len(factors)}) and milestones ({len(milestones)}) must have the same length")
         if isinstance(milestones, list):
             object.__setattr__(self, "milestones", tuple(milestones))
         if isinstance(factors, list):
@@ -166,11 +139,10 @@ class CosineSchedule(Schedule):
     name: ClassVar[str] = "cosine"
     final_lr: float = 0.0
 
-    def _validate(self, problems: list[str]) -> None:
-        if not _is_number(self.final_lr) or self.final_lr < 0:
-            problems.append(f"final_lr must be a finite number >= 0, got {self.final_lr!r}")
-        elif _is_number(self.base_lr) and self.final_lr > self.base_lr:
-            problems.append(f"final_lr ({self.final_lr}) must not exceed base_lr ({self.base_lr})")
+    def _validate(self, problems: Problems) -> None:
+        super()._validate(problems)
+        if problems.number("final_lr", self.final_lr) and is_number(self.base_lr) and self.final_lr > self.base_lr:
+            problems.add(f"final_lr ({self.final_lr}) must not exceed base_lr ({self.base_lr})")
 
     def _after_warmup(self, epoch: float) -> float:
         start = max(self.warmup_epochs, 1)
@@ -191,12 +163,13 @@ class CyclicSchedule(Schedule):
     name: ClassVar[str] = "cyclic"
     peak_fraction: float = 0.5
 
-    def _validate(self, problems: list[str]) -> None:
-        if not _is_number(self.peak_fraction) or not 0 < self.peak_fraction < 1:
-            problems.append(f"peak_fraction must be a number in (0, 1), got {self.peak_fraction!r}")
+    def _validate(self, problems: Problems) -> None:
+        super()._validate(problems)
+        if not is_number(self.peak_fraction) or not 0 < self.peak_fraction < 1:
+            problems.add(f"peak_fraction must be a number in (0, 1), got {self.peak_fraction!r}")
         if self.warmup_epochs != 0:
-            problems.append("the cyclic schedule ramps up by itself; warmup_epochs must be 0 "
-                            "(move the peak with peak_fraction instead)")
+            problems.add("the cyclic schedule ramps up by itself; warmup_epochs must be 0 "
+                         "(move the peak with peak_fraction instead)")
 
     def _after_warmup(self, epoch: float) -> float:
         progress = min(1.0, (epoch - 1) / self.epochs)
@@ -221,17 +194,4 @@ def build_schedule(name: str, base_lr: float, epochs: int, **params: Any) -> Sch
         UnknownNameError: `name` is not registered.
         ConfigError: a parameter is unknown, missing or out of range (the message names each one).
     """
-    cls = SCHEDULES.get(name)
-    valid = [f.name for f in fields(cls) if f.name not in ("base_lr", "epochs")]
-    unknown = [k for k in params if k not in valid]
-    if unknown:
-        hints = []
-        for key in unknown:
-            close = difflib.get_close_matches(key, valid, n=1)
-            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        raise ConfigError(f"schedule {name!r} has no parameter {', '.join(hints)}; valid: {', '.join(valid)}")
-    missing = [f.name for f in fields(cls) if f.name in valid and f.name not in params
-               and f.default is MISSING and f.default_factory is MISSING]
-    if missing:
-        raise ConfigError(f"schedule {name!r} needs {', '.join(missing)}")
-    return cls(base_lr=base_lr, epochs=epochs, **params)
+    return build_settings(SCHEDULES, name, fixed=("base_lr", "epochs"), base_lr=base_lr, epochs=epochs, **params)

@@ -24,15 +24,14 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 import yaml
 
-from dsnet.attacks.core import sign_gradient_ascent
+from dsnet.attacks.base import Attack
+from dsnet.attacks.metrics import clean_flags
 from dsnet.config import RunConfig, config_from_dict, config_to_dict, recipe_differences
 from dsnet.data import DATASETS, DeviceLoader, ImageSplit, load_dataset, to_float, train_val_split
 from dsnet.errors import CheckpointError, ConfigError, TrainingDivergedError
 from dsnet.models import create_model, split_parameters
-from dsnet.models.dsnet import DSNet
 from dsnet.runtime.checkpoint import (
     CHECKPOINT_FORMAT,
     capture_rng_state,
@@ -41,12 +40,7 @@ from dsnet.runtime.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from dsnet.runtime.files import ensure_writable_folder, remove_temp_files, write_text_atomic
-from dsnet.runtime.lock import FolderLock
-from dsnet.runtime.records import describe_differences
-from dsnet.training.collapse_guard import CollapseGuard
 from dsnet.runtime.distributed import (
-    DistributedContext,
     all_reduce_sum,
     broadcast_buffers,
     convert_sync_batchnorm,
@@ -55,12 +49,14 @@ from dsnet.runtime.distributed import (
     setup_distributed,
     teardown_distributed,
 )
+from dsnet.runtime.files import ensure_writable_folder, remove_temp_files, write_text_atomic
+from dsnet.runtime.lock import FolderLock
+from dsnet.runtime.precision import Precision, resolve_precision
+from dsnet.runtime.records import describe_differences
+from dsnet.training.collapse_guard import CollapseGuard
 from dsnet.training.fast_path import EagerFallback, compile_regions, resolve_channels_last, resolve_compile
 from dsnet.training.metrics import MetricsWriter, RunLogHandler, format_epoch_line
-from dsnet.training.objectives import build_objective
 from dsnet.training.progress import TrainingProgress
-from dsnet.runtime.precision import Precision, resolve_precision
-from dsnet.training.schedules import build_schedule
 
 __all__ = ["train", "TrainResult", "evaluate_robustness", "build_training_data", "selected_epoch_for", "training_step"]
 
@@ -104,48 +100,21 @@ def selected_epoch_for(config: RunConfig) -> int | None:
     if config.train.selection != "first_decay_plus_one":
         return None
     milestones = config.schedule.get("milestones")
-    if config.schedule.get("name") != "piecewise" or not milestones:
+    if not milestones:
         raise ConfigError("train.selection first_decay_plus_one needs a piecewise schedule with milestones; "
                           "use train.selection=best_val_pgd or last")
     return min(int(math.ceil(milestones[0])) + 1, config.train.epochs)
 
 
-@torch.no_grad()
-def _count_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return (model(x).argmax(1) == y).sum()
-
-
-def evaluate_robustness(
-    model: nn.Module, split: ImageSplit, *, eps: float, step_size: float, steps: int, batch_size: int,
-    ctx: DistributedContext | None = None, seed: int = 0,
-) -> tuple[float, float]:
-    """Clean and PGD accuracy (fractions) of `model` on `split`, sharded across ranks and summed.
-
-    PGD uses a uniform random start, CE loss and the given ε, step and steps; the model is in eval mode and
-    its mode is restored afterwards. Batch k (of `batch_size` images) goes to rank k mod world_size, and its
-    random start is seeded by (seed, k), so the result does not depend on the number of ranks.
-    """
-    rank, world = (ctx.rank, ctx.world_size) if ctx else (0, 1)
-    device = next(model.parameters()).device
-    generator = torch.Generator(device=device)
-    totals = torch.zeros(3, device=device, dtype=torch.float64)
-    was_training = model.training
-    model.eval()
-    try:
-        for start in range(rank * batch_size, len(split), batch_size * world):
-            generator.manual_seed(seed * 1_000_003 + start // batch_size)
-            x = to_float(split.images[start:start + batch_size].to(device))
-            y = split.labels[start:start + batch_size].to(device)
-            totals[0] += _count_correct(model, x, y)
-            x_adv = sign_gradient_ascent(model, x, lambda z, _: F.cross_entropy(z, y, reduction="none"), eps=eps,
-                                         step_size=step_size, steps=steps, start="uniform", generator=generator)
-            totals[1] += _count_correct(model, x_adv, y)
-            totals[2] += len(y)
-    finally:
-        model.train(was_training)
-    all_reduce_sum(totals)
-    n = max(float(totals[2]), 1.0)
-    return float(totals[0]) / n, float(totals[1]) / n
+def evaluate_robustness(model: nn.Module, split: ImageSplit, attack: Attack, *, batch_size: int,
+                        progress: str | None = None) -> tuple[float, float]:
+    """Clean and robust accuracy (fractions) of `model` on `split` under `attack`, through the one robust-flags
+    loop (`dsnet.attacks.metrics`): sharded across ranks and summed, so the numbers do not depend on the number
+    of processes; a point is robust when its clean and adversarial inputs are both classified correctly."""
+    clean = clean_flags(model, split.images, split.labels, batch_size=batch_size)
+    run = attack.evaluate(model, split.images, split.labels, clean=clean, batch_size=batch_size, progress=progress)
+    n = max(len(split), 1)
+    return float(clean.sum()) / n, float(run.flags.sum()) / n
 
 
 def training_step(
@@ -166,7 +135,7 @@ def training_step(
 
     Args:
         model: the model to call (compiled and/or DDP-wrapped), in train mode.
-        objective: a training objective (`dsnet.training.objectives`).
+        objective: a training objective (`dsnet.objectives`).
         x: (B, C, H, W) images in [0, 1]; y: (B,) labels.
         optimizers: stepped in order on the same backward pass (SGD for the network, Adam for attention).
         scaler: the GradScaler (active for fp16 only).
@@ -242,12 +211,11 @@ class _Run:
                                                      weight_decay=optim.attention_weight_decay)
                                     if attention else None)
         self.scaler = self.precision.grad_scaler()
-        self.schedule = build_schedule(base_lr=optim.lr, epochs=train_cfg.epochs, **config.schedule)
-        self.objective = build_objective(**config.objective)
+        self.schedule = config.schedule
+        self.objective = config.objective
         self.generator = torch.Generator(device=device).manual_seed(train_cfg.seed * 1_000_003 + self.ctx.rank + 1)
-        eps = float(getattr(self.objective, "eps", 0.031))
-        self.val_attack = {"eps": eps, "step_size": eps / 4, "steps": train_cfg.val_pgd_steps}
-        self.guard = self._make_guard(eps)
+        self.val_attack = self.objective.validation_attack(train_cfg.val_pgd_steps)
+        self.guard = self._make_guard() if self.objective.collapse_guard else None
 
         self.epoch = 1  # the next epoch to train, 1-based
         self.history: list[dict[str, Any]] = []
@@ -316,14 +284,12 @@ class _Run:
         if root.level == logging.NOTSET or root.level > logging.INFO:
             root.setLevel(logging.INFO)
 
-    def _make_guard(self, eps: float) -> CollapseGuard | None:
-        if self.config.objective["name"] != "fast_at":
-            return None
+    def _make_guard(self) -> CollapseGuard:
         generator = torch.Generator().manual_seed(self.config.train.seed)
         n = min(len(self.train_split), self.config.train.batch_size)
         index = torch.randperm(len(self.train_split), generator=generator)[:n].to(self.ctx.device)
         x = to_float(self.train_split.images.index_select(0, index))
-        return CollapseGuard(x, self.train_split.labels.index_select(0, index), eps=eps)
+        return CollapseGuard(x, self.train_split.labels.index_select(0, index), eps=self.objective.threat_eps)
 
     def _decorrelate_ranks(self) -> None:
         """Rank r > 0 reseeds the global RNG (drop-connect masks), else every rank would drop the same examples
@@ -481,6 +447,7 @@ class _Run:
             self.loader.set_epoch(self.loader.epoch + 1)
         device = self.ctx.device
         totals = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, correct, count
+        parts: dict[str, torch.Tensor] = {}  # the objective's own metrics (TRADES' two terms, ...), summed
         start_step = self.loader.step
         self.progress.start_epoch(self.epoch, start_step)
         t0 = time.perf_counter()
@@ -498,6 +465,8 @@ class _Run:
             totals[0] += out.loss.detach().double() * batch
             totals[1] += (out.logits.detach().argmax(1) == out.targets).sum()
             totals[2] += batch
+            for key, value in out.metrics.items():
+                parts[key] = parts.get(key, 0) + value.detach().double() * batch
             images += batch
             log_step = (step + 1) % cfg.log_every == 0 or step + 1 == steps_per_epoch
             if log_step:
@@ -513,25 +482,31 @@ class _Run:
         all_reduce_sum(totals)
         train_loss = float(totals[0] / totals[2]) if totals[2] > 0 else float("nan")
         self._check_finite(train_loss, f"the end of epoch {self.epoch}")
+        means = {}
+        if parts:  # every rank has the same keys: the objective is the same
+            stacked = torch.stack([parts[key] for key in sorted(parts)])
+            all_reduce_sum(stacked)
+            means = {f"train_{key}": float(value / totals[2]) for key, value in zip(sorted(parts), stacked)}
         return {
             "epoch": self.epoch,
             "lr": lr,
             "attention_lr": self.config.optim.attention_lr if self.attention_optimizer else None,
             "train_loss": train_loss,
             "train_acc": float(totals[1] / totals[2]),
+            **means,
             "images_per_s": images * self.ctx.world_size / max(elapsed, 1e-9),
             "epoch_time_s": elapsed,
         }
 
     def _validate(self, row: dict[str, Any]) -> None:
-        row["val_pgd_steps"] = self.val_attack["steps"]
+        row["val_pgd_steps"] = self.val_attack.steps
         due = self.epoch % self.config.train.eval_every == 0 or self.epoch == self.config.train.epochs
         if self.val_split is None or not due:
             row["val_clean_acc"] = row["val_pgd_acc"] = None
             return
-        clean, robust = evaluate_robustness(self.fast_model, self.val_split,
-                                            batch_size=max(self.config.train.batch_size, 64),
-                                            ctx=self.ctx, seed=self.config.train.seed, **self.val_attack)
+        progress = f"validation {self.val_attack.label}" if self.ctx.is_main and self.config.train.progress else None
+        clean, robust = evaluate_robustness(self.fast_model, self.val_split, self.val_attack,
+                                            batch_size=max(self.config.train.batch_size, 64), progress=progress)
         row["val_clean_acc"], row["val_pgd_acc"] = clean, robust
 
     def _select(self, row: dict[str, Any]) -> bool:
@@ -564,8 +539,9 @@ class _Run:
             self._check_weights_finite()
             self._check_replicas(row)
             self._validate(row)
-            if isinstance(self.model, DSNet):
-                row["attention_weights"] = self.model.attention_weights().detach().cpu().tolist()
+            attention = getattr(self.model, "attention_weights", None)  # the model's own hook (DS-Net has one)
+            if callable(attention):
+                row["attention_weights"] = attention().detach().cpu().tolist()
             collapsed = False
             if self.guard is not None:
                 check = self.guard.check(self.fast_model)

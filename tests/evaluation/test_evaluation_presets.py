@@ -1,4 +1,7 @@
-"""Presets carry the numbers of SPEC.md §5; build_attacks builds them, applies overrides, and refuses typos."""
+"""Presets carry the numbers of SPEC.md §5; build_attacks builds them, applies overrides, and refuses typos.
+
+The objectives a preset resolves a step for, and the attacks it covers, come from their registries, so a new
+objective or attack cannot be left out of a table here."""
 
 from __future__ import annotations
 
@@ -6,33 +9,25 @@ import json
 
 import pytest
 
-from dsnet.attacks import (
-    ATTACKS,
-    DEFAULT_ATTACKS,
-    FGSM,
-    PGD,
-    PRESETS,
-    TRAINED_WITH,
-    AutoAttack,
-    CWInf,
-    build_attack,
-    build_attacks,
-    resolve_preset,
-)
+from dsnet.attacks import ATTACKS, FGSM, PGD, AutoAttack, CWInf, build_attack
 from dsnet.errors import ConfigError, UnknownNameError
+from dsnet.evaluation.presets import DEFAULT_ATTACKS, PRESETS, build_attacks, resolve_preset
+from dsnet.objectives import OBJECTIVES
+
+TRAINED_WITH = OBJECTIVES.names()
 
 
 def test_registry_names():
     assert set(ATTACKS.names()) == {"fgsm", "fgsm_textbook", "pgd", "cw_inf", "autoattack"}
     assert set(PRESETS) == {"paper", "standard"}
-    assert all(set(preset) == set(ATTACKS.names()) for preset in PRESETS.values())
+    assert all(set(PRESETS.get(name)) == set(ATTACKS.names()) for name in PRESETS)
     assert DEFAULT_ATTACKS == ("fgsm", "pgd", "cw_inf", "autoattack")
 
 
 @pytest.mark.parametrize("trained_with", ["at", "mart", "trades"])
 def test_paper_preset_has_the_papers_numbers(trained_with):
     step = 0.003 if trained_with == "trades" else 0.031 / 4
-    attacks = build_attacks("paper", trained_with, names=list(PRESETS["paper"]))
+    attacks = build_attacks("paper", trained_with, names=list(PRESETS.get("paper")))
     fgsm, textbook, pgd, cw, aa = (attacks[n] for n in ("fgsm", "fgsm_textbook", "pgd", "cw_inf", "autoattack"))
     assert isinstance(fgsm, FGSM) and fgsm.eps == 0.031 and fgsm.random_start
     assert fgsm.config()["step_size"] == 0.031 and fgsm.config()["steps"] == 1
@@ -56,14 +51,15 @@ def test_standard_preset_is_robustbench_eps_with_quarter_eps_steps(trained_with)
 
 def test_every_objective_has_an_explicit_paper_step():
     for name in ("pgd", "cw_inf"):
-        steps = PRESETS["paper"][name]["step_size"]
-        assert set(steps) == set(TRAINED_WITH)
+        steps = {objective: resolve_preset("paper", objective)[name]["step_size"] for objective in TRAINED_WITH}
+        assert set(steps) == set(OBJECTIVES.names()) and {"standard", "at", "trades", "mart"} <= set(steps)
         assert steps["trades"] == 0.003
         assert all(value == 0.031 / 4 for key, value in steps.items() if key != "trades")
+        assert steps == {objective: OBJECTIVES.get(objective).paper_eval_step for objective in TRAINED_WITH}
 
 
 def test_configs_are_complete_and_json_ready():
-    attacks = build_attacks("paper", "at", names=list(PRESETS["paper"]))
+    attacks = build_attacks("paper", "at", names=list(PRESETS.get("paper")))
     for name, attack in attacks.items():
         config = attack.config()
         assert config["name"] == name
@@ -82,7 +78,7 @@ def test_overrides_replace_preset_values_and_none_is_ignored():
     )
     assert attacks["pgd"].steps == 100 and attacks["pgd"].restarts == 1
     assert attacks["cw_inf"].steps == 30
-    assert PRESETS["paper"]["pgd"]["steps"] == 20  # the preset itself is never changed
+    assert PRESETS.get("paper")["pgd"]["steps"] == 20  # the preset itself is never changed
 
 
 @pytest.mark.parametrize(

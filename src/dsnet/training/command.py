@@ -1,21 +1,16 @@
-"""Subcommands other than `models`, each a pair of (add arguments, run) around a library function."""
+"""`dsnet train`: argument parsing around `dsnet.training.trainer.train`."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 
-from dsnet.evaluation.commands import add_eval_arguments, add_export_arguments, run_eval, run_export
-from dsnet.experiments.command import REPRODUCE_HELP, add_reproduce_arguments, run_reproduce
-from dsnet.analysis.command import ANALYZE_HELP, add_analyze_arguments, run_analyze
 from dsnet.errors import ConfigError
 
-__all__ = ["COMMANDS"]
-
-Handler = Callable[[argparse.Namespace], int]
+__all__ = ["add_arguments", "run"]
 
 
-def _add_train(parser: argparse.ArgumentParser) -> None:
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="YAML recipe, e.g. configs/quickstart.yaml")
     parser.add_argument("--data-dir", required=True, help="dataset folder (downloaded there when missing)")
     parser.add_argument("--out-dir", required=True, help="run folder for checkpoints, metrics and logs")
@@ -28,7 +23,8 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _run_train(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """Trains the recipe (rank 0 prints the summary)."""
     import logging
     import os
 
@@ -55,30 +51,3 @@ def _run_train(args: argparse.Namespace) -> int:
             summary += f"; validation clean {100 * clean:.1f}% PGD-{final['val_pgd_steps']} {100 * pgd:.1f}%"
         print(summary + f"; selected epoch {result.selected_epoch} -> {result.out_dir / 'selected.pt'}")
     return 0
-
-
-def _add_download(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dataset", help="cifar10, cifar100 or svhn")
-    parser.add_argument("--data-dir", required=True, help="folder to download and extract into")
-    parser.add_argument("--splits", nargs="+", default=None, help="splits to fetch (default: train and test)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def _run_download(args: argparse.Namespace) -> int:
-    from dsnet.data import download_dataset
-
-    root = download_dataset(args.dataset, args.data_dir, args.splits, progress=not args.no_progress)
-    print(f"{args.dataset} is ready in {root}")
-    return 0
-
-
-COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handler]] = {
-    "download": ("download and verify a dataset (MD5-checked, resumable)", _add_download, _run_download),
-    "train": ("train a model with a recipe (adversarially, or not)", _add_train, _run_train),
-    "eval": ("evaluate a checkpoint: clean, FGSM, PGD-20, CW-inf-30, AutoAttack, sanity checks", add_eval_arguments,
-             run_eval),
-    "export": ("export a checkpoint as a RobustBench-style model (+ claim JSON from a report)", add_export_arguments,
-               run_export),
-    "reproduce": (REPRODUCE_HELP, add_reproduce_arguments, run_reproduce),
-    "analyze": (ANALYZE_HELP, add_analyze_arguments, run_analyze),
-}

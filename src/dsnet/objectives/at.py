@@ -1,0 +1,30 @@
+"""PGD adversarial training (Madry et al., ICLR 2018, arXiv:1706.06083), as DS-Net trains with it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from dsnet.objectives.base import ObjectiveOutput, PGDObjective, ce_attack_loss, register_objective
+
+__all__ = ["PGDAT"]
+
+
+@register_objective
+@dataclass(frozen=True)
+class PGDAT(PGDObjective):
+    """Madry et al.'s PGD adversarial training as in DS-Net: CE attack from a uniform start with ω = 0.001,
+    then mean CE on the adversarial batch."""
+
+    name: ClassVar[str] = "at"
+
+    def __call__(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epoch: float, generator: torch.Generator
+    ) -> ObjectiveOutput:
+        x_adv = self._attack(model, x, ce_attack_loss(y), generator)
+        logits = model(x_adv)
+        return ObjectiveOutput(F.cross_entropy(logits, y), logits, y, {})
