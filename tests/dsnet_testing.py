@@ -7,9 +7,13 @@ folders have a conftest.py, and `from conftest import ...` gets whichever pytest
 from __future__ import annotations
 
 import pickle
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 
 CIFAR10_CLASSES = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
 
@@ -61,3 +65,35 @@ def tiny_recipe(**sections: dict) -> dict:
         replace = "name" in value and key in ("objective", "schedule")  # another entry: its own parameters
         recipe[key] = dict(value) if replace else {**recipe.get(key, {}), **value}
     return recipe
+
+
+LEARNING_RECIPE = {
+    "model": {"name": "dsnet_tiny"},
+    "data": {"dataset": "cifar10", "val_size": 40, "download": False},
+    "objective": {"name": "standard"},
+    "optim": {"lr": 0.2},
+    "schedule": {"name": "piecewise", "milestones": [3], "factors": [0.1]},
+    "train": {"epochs": 3, "batch_size": 32, "progress": False, "tensorboard": False, "val_pgd_steps": 2},
+}
+"""As `tiny_recipe`, trained without attacks, so that it learns enough in 3 epochs (about 3 s) to leave robust
+points for the evaluation tests."""
+
+
+@contextmanager
+def small_autoattack() -> Iterator[None]:
+    """The reference AutoAttack with tiny budgets (5 iterations, one restart, 2 target classes, 50 Square queries),
+    only while the context is open; a direct call of the reference inside the context gets the same budgets."""
+    import pyautoattack
+
+    original = pyautoattack.AutoAttack._set_version
+
+    def set_version(self: Any, version: str) -> None:
+        original(self, version)
+        self.apgd.n_iter = self.apgd_targeted.n_iter = self.fab.n_iter = 5
+        self.apgd.n_restarts = 1  # the L1 version's 5 (L∞ and L2 have 1 already)
+        self.apgd_targeted.n_target_classes = self.fab.n_target_classes = 2
+        self.square.n_queries = 50
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pyautoattack.AutoAttack, "_set_version", set_version)
+        yield

@@ -71,9 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging(verbose: bool) -> None:
-    """One console handler on the current stderr: a handler left by an earlier `main()` call in this process
-    (a notebook, a test) may hold a stream that is closed by now, so it is replaced rather than reused."""
+def _setup_logging(verbose: bool) -> logging.Handler:
+    """One console handler on the current stderr, for this call of `main()` (it removes it when it returns: a
+    handler left behind in a notebook or a test would hold a stream that is closed by the next call)."""
     root = logging.getLogger("dsnet")
     for handler in [h for h in root.handlers if getattr(h, "dsnet_console", False)]:
         root.removeHandler(handler)
@@ -82,6 +82,7 @@ def _setup_logging(verbose: bool) -> None:
     handler.setFormatter(logging.Formatter("%(message)s"))
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    return handler
 
 
 def _continue_command(argv: Sequence[str], command: str) -> str:
@@ -97,7 +98,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
     args = parser.parse_args(argv)
-    _setup_logging(args.verbose)
+    console = _setup_logging(args.verbose)
+    try:
+        return _run(args, argv)
+    finally:
+        logging.getLogger("dsnet").removeHandler(console)
+
+
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
+    """The command of `args`, with every error turned into one line and an exit status."""
     try:
         return int(args.handler(args) or 0)
     except DsnetError as error:

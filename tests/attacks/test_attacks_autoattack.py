@@ -17,6 +17,7 @@ import pyautoattack
 import pytest
 import torch
 import torch.nn as nn
+from dsnet_testing import small_autoattack
 
 import dsnet.attacks.autoattack as aa_module
 from dsnet.attacks import AutoAttack
@@ -255,3 +256,20 @@ def test_parameters_get_no_gradient_and_stay_trainable(runs):
 def test_batch_size_defaults_to_the_references():
     assert AutoAttack(eps=EPS).batch_size == 250
     assert AutoAttack(eps=EPS).config()["batch_size"] == 250
+
+
+@pytest.mark.parametrize(("norm", "eps"), [("L2", 0.15), ("L1", 2.0)])
+def test_l2_and_l1_flags_and_examples_equal_a_direct_call_of_the_reference(norm, eps, _one_thread):
+    """Both sides run with the same small budgets (the comparison is of the adapter, not of the budgets)."""
+    model, direct_model = _mlp(), _mlp()
+    x, y = _data(model)
+    with small_autoattack(), torch.random.fork_rng(devices=[]):
+        direct = pyautoattack.AutoAttack(direct_model.eval(), device="cpu", norm=norm, eps=eps, seed=0,
+                                         version="standard")
+        x_ref, y_ref = direct.run_standard_evaluation(x, y, batch_size=BATCH)
+        result = AutoAttack(eps=eps, seed=0, batch_size=BATCH, norm=norm).run(model, x, y)
+    assert torch.equal(result.robust, y_ref == y)
+    assert torch.equal(result.x_adv, x_ref)
+    assert result.robust.sum() < result.clean.sum()  # the attack broke something: the comparison says something
+    size = (result.x_adv - x).flatten(1).norm(p=1 if norm == "L1" else 2, dim=1)
+    assert size.max().item() <= eps * (1 + 1e-5) and result.max_perturbation == pytest.approx(size.max().item())

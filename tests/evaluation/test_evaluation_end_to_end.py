@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from dsnet_testing import LEARNING_RECIPE, small_autoattack
 
 from dsnet.attacks import FGSM, PGD, CWInf
 from dsnet.cli import main
@@ -25,35 +25,8 @@ from dsnet.evaluation import evaluate, export_model, load_exported, load_model_f
 from dsnet.models import create_model
 from dsnet.training.trainer import train
 
-# As tests/conftest.py's tiny_recipe, trained without attacks so that it learns enough in 3 epochs to leave
-# robust points (an import of that helper by name is ambiguous when several test folders have a conftest).
-RECIPE = {
-    "model": {"name": "dsnet_tiny"},
-    "data": {"dataset": "cifar10", "val_size": 40, "download": False},
-    "objective": {"name": "standard"},
-    "optim": {"lr": 0.2},
-    "schedule": {"name": "piecewise", "milestones": [3], "factors": [0.1]},
-    "train": {"epochs": 3, "batch_size": 32, "progress": False, "tensorboard": False, "val_pgd_steps": 2},
-}
+RECIPE = LEARNING_RECIPE
 FAST = ["--n-examples", "16", "--batch-size", "16", "--no-progress"]
-
-
-@contextmanager
-def small_autoattack() -> Iterator[None]:
-    """The reference AutoAttack with tiny budgets, only while the context is open."""
-    import pyautoattack
-
-    original = pyautoattack.AutoAttack._set_version
-
-    def set_version(self: Any, version: str) -> None:
-        original(self, version)
-        self.apgd.n_iter = self.apgd_targeted.n_iter = self.fab.n_iter = 5
-        self.apgd_targeted.n_target_classes = self.fab.n_target_classes = 2
-        self.square.n_queries = 50
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(pyautoattack.AutoAttack, "_set_version", set_version)
-        yield
 
 
 @pytest.fixture(scope="module")
@@ -299,10 +272,22 @@ def test_two_ranks_give_the_flags_of_one_process(checkpoint: Path, cifar10_dir: 
 
 
 def test_export_round_trip_and_robustbench_claim(checkpoint: Path, full_eval: Path, tmp_path: Path,
-                                                 cifar10_dir: Path) -> None:
+                                                 cifar10_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # the paper's ε = 0.031 is not the leaderboard's 8/255: the claim is refused before anything is written
+    refused = tmp_path / "refused"
+    assert main(["export", "--checkpoint", str(checkpoint), "--out-dir", str(refused), "--report",
+                 str(full_eval / "report.json"), "--name", "Test2021Tiny_DSNet"]) == 1
+    error = capsys.readouterr().err
+    assert "ε = 0.031" in error and "8/255" in error and "--preset standard" in error
+    assert not refused.exists() or not any(refused.rglob("*.*"))
+
+    with small_autoattack():
+        evaluate(checkpoint, cifar10_dir, out_dir=tmp_path / "standard", preset="standard", attacks=["autoattack"],
+                 n_examples=16, batch_size=16, sanity=False, progress=False)
+    standard = tmp_path / "standard" / "report.json"
     out = tmp_path / "export"
-    assert main(["export", "--checkpoint", str(checkpoint), "--out-dir", str(out), "--report",
-                 str(full_eval / "report.json"), "--name", "Test2021Tiny_DSNet"]) == 0
+    assert main(["export", "--checkpoint", str(checkpoint), "--out-dir", str(out), "--report", str(standard),
+                 "--name", "Test2021Tiny_DSNet"]) == 0
     payload = torch.load(out / "Test2021Tiny_DSNet.pt", weights_only=True)
     assert list(payload) == ["state_dict"]
     keys = list(payload["state_dict"])
@@ -320,12 +305,12 @@ def test_export_round_trip_and_robustbench_claim(checkpoint: Path, full_eval: Pa
     assert (spec["model_name"], spec["model_kwargs"], spec["num_classes"]) == ("dsnet_tiny", {}, 10)
     assert spec["input"]["range"] == [0.0, 1.0]
 
-    claim = json.loads((out / "Test2021Tiny_DSNet.json").read_text())
-    report = _report(full_eval)
+    claim = json.loads((out / "model_info" / "cifar10" / "Linf" / "Test2021Tiny_DSNet.json").read_text())
+    report = json.loads(standard.read_text())
     assert list(claim)[:12] == ["link", "name", "authors", "additional_data", "number_forward_passes", "dataset",
                                 "venue", "architecture", "eps", "clean_acc", "reported", "autoattack_acc"]
     assert claim["link"] == claim["name"] == claim["authors"] == claim["venue"] == ""
-    assert (claim["dataset"], claim["eps"], claim["architecture"]) == ("cifar10", "0.031", "dsnet_tiny")
+    assert (claim["dataset"], claim["eps"], claim["architecture"]) == ("cifar10", "8/255", "dsnet_tiny")
     assert claim["clean_acc"] == f"{100 * report['accuracy']['clean']:.2f}"
     assert claim["autoattack_acc"] == claim["reported"] == f"{100 * report['accuracy']['autoattack']:.2f}"
     assert claim["additional_data"] is False and claim["number_forward_passes"] == 1
@@ -336,7 +321,7 @@ def test_export_round_trip_and_robustbench_claim(checkpoint: Path, full_eval: Pa
     state["model"]["stem.bias"] = state["model"]["stem.bias"] + 1
     torch.save(state, other)
     with pytest.raises(ConfigError, match="other weights"):
-        export_model(other, tmp_path / "other", report=full_eval / "report.json")
+        export_model(other, tmp_path / "other", report=standard)
 
 
 def test_a_registered_attack_outside_the_presets_runs_through_the_same_loop(

@@ -11,17 +11,24 @@ import pytest
 
 from dsnet.attacks import ATTACKS, FGSM, PGD, AutoAttack, CWInf, build_attack
 from dsnet.errors import ConfigError, UnknownNameError
-from dsnet.evaluation.presets import DEFAULT_ATTACKS, PRESETS, build_attacks, resolve_preset
+from dsnet.evaluation.command import THREAT_MODEL_CHOICES
+from dsnet.evaluation.presets import DEFAULT_ATTACKS, PRESETS, THREAT_MODELS, build_attacks, resolve_preset
 from dsnet.objectives import OBJECTIVES
 
 TRAINED_WITH = OBJECTIVES.names()
 
 
 def test_registry_names():
-    assert set(ATTACKS.names()) == {"fgsm", "fgsm_textbook", "pgd", "cw_inf", "autoattack"}
+    assert set(ATTACKS.names()) == {"fgsm", "fgsm_textbook", "pgd", "cw_inf", "cw_l2", "autoattack"}
     assert set(PRESETS) == {"paper", "standard"}
-    assert all(set(PRESETS.get(name)) == set(ATTACKS.names()) for name in PRESETS)
+    linf = set(ATTACKS.names()) - {"cw_l2"}
+    assert all(set(PRESETS.get(name)) == linf for name in PRESETS)
     assert DEFAULT_ATTACKS == ("fgsm", "pgd", "cw_inf", "autoattack")
+    # every registered attack is run by some threat model's preset, and every preset's attack is registered
+    covered = {name for key in THREAT_MODELS.names() for preset in THREAT_MODELS.get(key).presets.names()
+               for name in THREAT_MODELS.get(key).presets.get(preset)}
+    assert covered == set(ATTACKS.names())
+    assert [THREAT_MODELS.get(k).name for k in THREAT_MODELS.names()] == list(THREAT_MODEL_CHOICES)
 
 
 @pytest.mark.parametrize("trained_with", ["at", "mart", "trades"])

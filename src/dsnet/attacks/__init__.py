@@ -1,4 +1,5 @@
-"""dsnet.attacks: L-inf attacks (FGSM, PGD, CW∞) and AutoAttack through the reference code.
+"""dsnet.attacks: FGSM/FGM, PGD and the CW margin attacks in the L∞ or L2 ball, and AutoAttack (L∞, L2, L1)
+through the reference code.
 
 Every attack is configured once with keyword arguments and called as `attack(model, x, y) -> x_adv` on
 images in [0, 1]. Attacks run the model in eval mode and give every submodule its mode back, draw randomness
@@ -16,13 +17,15 @@ _EXPORTS = {
     "ATTACKS": "base",
     "register_attack": "base",
     "build_attack": "base",
-    "FGSM": "linf",
-    "PGD": "linf",
-    "CWInf": "linf",
-    "fgsm_textbook": "linf",
+    "FGSM": "gradient",
+    "PGD": "gradient",
+    "CWInf": "gradient",
+    "CWL2": "gradient",
+    "fgsm_textbook": "gradient",
     "AutoAttack": "autoattack",
     "AutoAttackResult": "autoattack",
     "AUTOATTACK_VERSIONS": "autoattack",
+    "AUTOATTACK_NORMS": "autoattack",
     "cross_entropy_loss": "losses",
     "cw_margin_loss": "losses",
     "accuracy": "metrics",
@@ -32,6 +35,10 @@ _EXPORTS = {
     "project": "core",
     "random_start": "core",
     "sign_gradient_ascent": "core",
+    "gradient_ascent": "core",
+    "Norm": "norms",
+    "NORMS": "norms",
+    "get_norm": "norms",
 }
 
 __all__ = list(_EXPORTS)

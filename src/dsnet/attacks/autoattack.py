@@ -51,17 +51,20 @@ import torch.nn as nn
 
 from dsnet.attacks.base import Attack, check_inputs, check_int, check_number, register_attack
 from dsnet.attacks.core import eval_mode, frozen_parameters
+from dsnet.attacks.norms import perturbation_size
 from dsnet.errors import CheckpointError, ConfigError, DsnetError
 from dsnet.runtime.checkpoint import load_tensors_file
 from dsnet.runtime.files import save_torch_atomic
 from dsnet.runtime.hashing import tensors_sha256
 from dsnet.runtime.records import SAVED_NOW, differences
 
-__all__ = ["AutoAttack", "AutoAttackResult", "AUTOATTACK_VERSIONS"]
+__all__ = ["AutoAttack", "AutoAttackResult", "AUTOATTACK_VERSIONS", "AUTOATTACK_NORMS"]
 
 logger = logging.getLogger(__name__)
 
 AUTOATTACK_VERSIONS = ("standard", "plus", "rand")
+AUTOATTACK_NORMS = ("Linf", "L2", "L1")
+"""The norms of the reference (for L1, its standard version runs APGD-CE and APGD-T with more restarts)."""
 """Versions of the reference that the adapter runs (`custom` is left out: its attack list is not a preset)."""
 
 _REFERENCE_LOGGER = "auto-attack"
@@ -132,11 +135,12 @@ def _stage_settings(aa: Any, stage: str) -> dict[str, Any]:
     """The settings the reference runs `stage` with, for reports."""
     if stage in ("apgd-ce", "apgd-dlr"):
         return {"n_iter": aa.apgd.n_iter, "n_restarts": aa.apgd.n_restarts, "rho": aa.apgd.thr_decr,
-                "eot_iter": aa.apgd.eot_iter}
+                "eot_iter": aa.apgd.eot_iter, "use_largereps": bool(getattr(aa.apgd, "use_largereps", False))}
     if stage == "apgd-t":
         return {"n_iter": aa.apgd_targeted.n_iter, "n_restarts": aa.apgd_targeted.n_restarts,
                 "n_target_classes": aa.apgd_targeted.n_target_classes, "rho": aa.apgd_targeted.thr_decr,
-                "eot_iter": aa.apgd_targeted.eot_iter}
+                "eot_iter": aa.apgd_targeted.eot_iter,
+                "use_largereps": bool(getattr(aa.apgd_targeted, "use_largereps", False))}
     if stage == "fab":
         return {"n_iter": aa.fab.n_iter, "n_restarts": aa.fab.n_restarts}
     if stage == "fab-t":
@@ -163,7 +167,7 @@ class AutoAttackResult:
         config: the adapter's settings (see `AutoAttack.config`).
         runtime_s: wall time of this call (not of earlier, interrupted calls).
         resumed: True when the call continued from a state file.
-        max_perturbation: the largest ||x_adv - x||_inf over all points.
+        max_perturbation: the largest ||x_adv - x|| in the attack's norm over all points.
     """
 
     x_adv: torch.Tensor
@@ -353,18 +357,19 @@ def _rng_devices(device: torch.device) -> list[int]:
 
 @register_attack("autoattack", "AutoAttack through the reference code (pyautoattack)")
 class AutoAttack(Attack):
-    """Standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square), L-inf, through the reference code.
+    """Standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square) in the L∞, L2 or L1 ball, through the reference code.
 
     `attack(model, x, y)` returns x_adv; `attack.run(model, x, y, state_path=...)` returns an
     `AutoAttackResult` with per-point flags, per-stage accuracies and the check warnings.
 
     Args:
-        eps: L-inf radius in pixel units (0.031 for the paper, 8/255 for RobustBench).
+        eps: radius in pixel units (L∞: 0.031 for the paper, 8/255 for RobustBench; L2: 0.5; L1: 12).
         version: "standard" (what everyone reports), "plus" or "rand" (for randomised defences).
         seed: seed the reference gives every attack (its default None would mean the clock).
         device: device the reference attacks on; None uses the device of x.
         batch_size: points per attack call (the reference's default is 250; it changes the random draws,
             so compare runs at the same batch size).
+        norm: "Linf", "L2" or "L1" (`AUTOATTACK_NORMS`), passed to the reference as it is.
     """
 
     name = "autoattack"
@@ -377,9 +382,13 @@ class AutoAttack(Attack):
         seed: int = 0,
         device: torch.device | str | None = None,
         batch_size: int = 250,
+        norm: Literal["Linf", "L2", "L1"] = "Linf",
     ) -> None:
         super().__init__(seed=seed)
         self.eps = check_number("AutoAttack", "eps", eps, strict=True)
+        if norm not in AUTOATTACK_NORMS:
+            raise ConfigError(f"AutoAttack: norm must be one of {', '.join(AUTOATTACK_NORMS)}, got {norm!r}")
+        self.norm = norm
         if version not in AUTOATTACK_VERSIONS:
             raise ConfigError(f"AutoAttack: version must be one of {', '.join(AUTOATTACK_VERSIONS)}, got {version!r}")
         self.version = version
@@ -392,14 +401,16 @@ class AutoAttack(Attack):
 
     @property
     def label(self) -> str:
-        return "AutoAttack" if self.version == "standard" else f"AutoAttack ({self.version})"
+        notes = [note for note in (self.version if self.version != "standard" else "",
+                                   self.norm if self.norm != "Linf" else "") if note]
+        return "AutoAttack" + (f" ({', '.join(notes)})" if notes else "")
 
     def _settings(self) -> dict[str, Any]:
         if self._reference_settings is None:
             # Read from a reference object built with a placeholder model, so the report shows what the
             # reference really runs rather than what we believe it runs.
             reference = _reference()
-            aa = reference.AutoAttack(nn.Identity(), device="cpu", eps=self.eps, norm="Linf", seed=self.seed,
+            aa = reference.AutoAttack(nn.Identity(), device="cpu", eps=self.eps, norm=self.norm, seed=self.seed,
                                       version=self.version)
             self._reference_settings = {
                 "stages": list(aa.attacks_to_run),
@@ -408,7 +419,7 @@ class AutoAttack(Attack):
             }
         return {
             "eps": self.eps,
-            "norm": "Linf",
+            "norm": self.norm,
             "version": self.version,
             "batch_size": self.batch_size,
             "device": str(self.device) if self.device is not None else None,
@@ -515,7 +526,7 @@ class AutoAttack(Attack):
         device = self.device if self.device is not None else x.device
         n, batch_size = x.shape[0], self.batch_size
         path = Path(state_path) if state_path is not None else None
-        key: dict[str, Any] = {"eps": self.eps, "version": self.version, "seed": self.seed, "norm": "Linf",
+        key: dict[str, Any] = {"eps": self.eps, "version": self.version, "seed": self.seed, "norm": self.norm,
                                "batch_size": batch_size, "n": n}
         if path is not None:
             key["data_sha256"] = tensors_sha256([("x", x), ("y", y)])
@@ -534,7 +545,7 @@ class AutoAttack(Attack):
             stack.enter_context(torch.autocast(device_type=device.type, enabled=False))
             package_dir = os.path.dirname(os.path.abspath(reference.__file__))
             stack.enter_context(_capture_reference_warnings(state.warnings, package_dir))
-            aa = reference.AutoAttack(model, device=device, eps=self.eps, norm="Linf", seed=self.seed,
+            aa = reference.AutoAttack(model, device=device, eps=self.eps, norm=self.norm, seed=self.seed,
                                       version=self.version)
             stages: tuple[str, ...] = tuple(aa.attacks_to_run)
             self._run_checks(aa, checks, x, y, device)
@@ -636,11 +647,11 @@ class AutoAttack(Attack):
         for stage in stages:
             # A skipped stage (nothing left to attack) keeps the accuracy before it.
             accuracy[stage] = state.stage_accuracy.get(stage, list(accuracy.values())[-1])
-        delta = (x_adv - x).abs().flatten(1).amax(dim=1)
+        delta = perturbation_size(x_adv - x, self.norm)
         max_perturbation = float(delta.max().item())
         logger.info(
-            "AutoAttack: robust accuracy %.2f%% | max Linf perturbation %.5f, NaNs %d, values in [%.5f, %.5f]",
-            100 * state.robust.float().mean().item(), max_perturbation, int(torch.isnan(x_adv).sum()),
+            "AutoAttack: robust accuracy %.2f%% | max %s perturbation %.5f, NaNs %d, values in [%.5f, %.5f]",
+            100 * state.robust.float().mean().item(), self.norm, max_perturbation, int(torch.isnan(x_adv).sum()),
             x_adv.min().item(), x_adv.max().item(),
         )
         return AutoAttackResult(

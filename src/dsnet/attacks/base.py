@@ -29,7 +29,7 @@ __all__ = ["Attack", "ATTACKS", "register_attack", "build_attack", "check_inputs
 
 
 def _import_attacks() -> None:
-    for module in ("linf", "autoattack"):
+    for module in ("gradient", "autoattack"):
         importlib.import_module(f"dsnet.attacks.{module}")
 
 

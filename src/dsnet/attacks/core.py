@@ -1,7 +1,7 @@
-"""The one projected sign-gradient ascent loop behind FGSM, PGD, CW-inf and training-time attacks.
+"""The one projected gradient-ascent loop behind FGSM/FGM, PGD, the CW margin attacks and training-time attacks.
 
-Everything that perturbs an input in an L-inf ball goes through `sign_gradient_ascent`, so the rules of
-SPEC.md §1 hold everywhere by construction:
+Everything that perturbs an input in an L∞ or L2 ball goes through `gradient_ascent` (`sign_gradient_ascent` is
+its L∞ form), so the rules of SPEC.md §1 hold everywhere by construction:
 
 - the model runs in eval mode during the attack and every submodule gets its own mode back afterwards;
 - only the input gets a gradient (`torch.autograd.grad`), so parameter `.grad` fields, BN statistics and
@@ -10,6 +10,8 @@ SPEC.md §1 hold everywhere by construction:
 - under DDP the attack runs inside `no_sync()`, so its forward passes do not arm a gradient all-reduce;
 - randomness comes from a `torch.Generator` passed in, never from the global RNG;
 - every iterate is projected onto the ε-ball around `x` and clipped to the [0, 1] image box.
+
+How a ball starts, steps and projects is its `dsnet.attacks.norms.Norm`.
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
+from dsnet.attacks.norms import LINF, Norm, get_norm
+
 __all__ = [
     "eval_mode",
     "no_gradient_sync",
     "frozen_parameters",
     "random_start",
     "project",
+    "gradient_ascent",
     "sign_gradient_ascent",
     "LossFn",
     "StartKind",
@@ -75,36 +80,37 @@ def frozen_parameters(model: nn.Module) -> Iterator[nn.Module]:
             p.requires_grad_(True)
 
 
-def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
-    """Projects onto {x' : ||x' - x||_inf <= eps} and then clips to [0, 1]."""
-    return torch.minimum(torch.maximum(x_adv, x - eps), x + eps).clamp_(0.0, 1.0)
+def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str | Norm = LINF) -> torch.Tensor:
+    """Projects onto {x' : ||x' - x|| <= eps} in `norm` (default L∞) and then clips to [0, 1]."""
+    return get_norm(norm).project(x_adv, x, eps)
 
 
 def random_start(
-    x: torch.Tensor, eps: float, kind: StartKind, generator: torch.Generator, normal_std: float = 1e-3
+    x: torch.Tensor, eps: float, kind: StartKind, generator: torch.Generator, normal_std: float = 1e-3,
+    norm: str | Norm = LINF,
 ) -> torch.Tensor:
     """The starting point of an attack.
 
     Args:
         x: (B, C, H, W) clean images in [0, 1].
-        eps: L-inf radius.
-        kind: "uniform" draws U(-eps, eps) and clips to [0, 1] (Madry; the paper's evaluation attacks);
-            "normal" adds `normal_std` * N(0, I) without clipping (TRADES and MART reference code);
-            "none" starts at `x` (textbook FGSM).
+        eps: radius of the ball.
+        kind: "uniform" draws a point uniformly from the ε-ball of `norm` and clips to [0, 1] (Madry; the
+            paper's evaluation attacks); "normal" adds `normal_std` * N(0, I) without clipping (TRADES and MART
+            reference code); "none" starts at `x` (textbook FGSM).
         generator: source of randomness on `x.device`.
         normal_std: standard deviation of the "normal" start.
+        norm: the ball of a "uniform" start.
     """
     if kind == "none":
         return x.clone()
     if kind == "uniform":
-        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype).mul_(2 * eps).sub_(eps)
-        return (x + noise).clamp_(0.0, 1.0)
+        return get_norm(norm).uniform_start(x, eps, generator)
     if kind == "normal":
         return x + normal_std * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     raise ValueError(f"unknown random start {kind!r}; use 'uniform', 'normal' or 'none'")
 
 
-def sign_gradient_ascent(
+def gradient_ascent(
     model: nn.Module,
     x: torch.Tensor,
     loss_fn: LossFn,
@@ -112,46 +118,54 @@ def sign_gradient_ascent(
     eps: float,
     step_size: float,
     steps: int,
+    norm: str | Norm = LINF,
     start: StartKind = "uniform",
     start_std: float = 1e-3,
     noise_std: float = 0.0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Maximises `loss_fn` over the ε-ball with steps x <- Π(x + α·sign(∇x) + ω·N(0, I)).
+    """Maximises `loss_fn` over the ε-ball of `norm` with steps x <- Π(x + step(∇x) + ω·N(0, I)).
 
     Args:
         model: maps (B, C, H, W) images in [0, 1] to logits; run in eval mode for the whole attack.
         x: clean images in [0, 1].
         loss_fn: per-example loss of (logits, x_adv) to maximise; it is summed, so one example's
             gradient never depends on the batch size.
-        eps: L-inf radius in pixel units (0.031 or 8/255).
-        step_size: α, the size of each sign step.
+        eps: radius in pixel units (L∞: 0.031 or 8/255; L2: 0.5 on RobustBench's CIFAR-10 track).
+        step_size: α, the length of each step in `norm` (α·sign(∇) for L∞, α·∇/‖∇‖₂ for L2).
         steps: number of steps; 0 returns the (projected) start.
+        norm: "Linf" or "L2" (see `dsnet.attacks.norms`).
         start: kind of random start, see `random_start`.
         start_std: standard deviation of a "normal" start.
-        noise_std: ω, Gaussian noise added after each sign step (the authors' training attack uses 0.001;
+        noise_std: ω, Gaussian noise added after each step (the authors' training attack uses 0.001;
             evaluation attacks use 0).
         generator: randomness for the start and the noise; a fixed-seed generator on `x.device` if None,
             so a call never touches the global RNG.
 
     Returns:
-        Detached adversarial images with ||x_adv - x||_inf <= eps and values in [0, 1].
+        Detached adversarial images with ||x_adv - x|| <= eps in `norm` and values in [0, 1].
     """
     if eps < 0 or step_size < 0 or steps < 0:
         raise ValueError(f"eps, step_size and steps must be >= 0, got {eps}, {step_size}, {steps}")
+    ball = get_norm(norm)
     if generator is None:
         generator = torch.Generator(device=x.device).manual_seed(0)
     x = x.detach()
-    x_adv = random_start(x, eps, start, generator, start_std).detach()
+    x_adv = random_start(x, eps, start, generator, start_std, ball).detach()
     if steps == 0:
-        return project(x_adv, x, eps)
+        return ball.project(x_adv, x, eps)
     with eval_mode(model), no_gradient_sync(model), frozen_parameters(model), torch.enable_grad():
         for _ in range(steps):
             x_adv.requires_grad_(True)
             loss = loss_fn(model(x_adv), x_adv).sum()
             (grad,) = torch.autograd.grad(loss, x_adv)
-            x_adv = x_adv.detach() + step_size * grad.sign()
+            x_adv = x_adv.detach() + ball.step(grad, step_size)
             if noise_std > 0:
                 x_adv += noise_std * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x_adv = project(x_adv, x, eps)
+            x_adv = ball.project(x_adv, x, eps)
     return x_adv.detach()
+
+
+def sign_gradient_ascent(model: nn.Module, x: torch.Tensor, loss_fn: LossFn, **settings: object) -> torch.Tensor:
+    """`gradient_ascent` in the L∞ ball: steps x <- Π(x + α·sign(∇x) + ω·N(0, I)) (the same arguments)."""
+    return gradient_ascent(model, x, loss_fn, **{"norm": LINF, **settings})  # type: ignore[arg-type]

@@ -42,7 +42,7 @@ class AttackRun:
 
     Attributes:
         flags: (n,) bool on the CPU: the clean and the adversarial input are both classified correctly.
-        stats: statistics of the adversarial points over all processes: "max_linf", "max_l2", "min_value",
+        stats: statistics of the adversarial points over all processes: "max_linf", "max_l2", "max_l1", "min_value",
             "max_value", "nan_count", "n_attacked" and the attack's "eps".
         extra: attack-specific results (AutoAttack: "stage_accuracy", "stages_run", "warnings").
     """
@@ -106,7 +106,7 @@ def _batches(positions: torch.Tensor, batch_size: int, progress: str | None) -> 
 
 def perturbation_stats(pairs: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device,
                        eps: float) -> dict[str, Any]:
-    """Statistics of adversarial points over all processes: the largest L∞ and L2 distance to their clean
+    """Statistics of adversarial points over all processes: the largest L∞, L2 and L1 distance to their clean
     points, the smallest and largest value, the number of NaNs, and how many points were attacked.
 
     Args:
@@ -114,7 +114,7 @@ def perturbation_stats(pairs: list[tuple[torch.Tensor, torch.Tensor]], device: t
         device: where the reductions run.
         eps: the attack's radius, carried along for the bounds check.
     """
-    values = torch.tensor([0.0, 0.0, float("inf"), float("-inf")], dtype=torch.float64, device=device)
+    values = torch.tensor([0.0, 0.0, 0.0, float("inf"), float("-inf")], dtype=torch.float64, device=device)
     counts = torch.zeros(2, dtype=torch.int64, device=device)
     for x, x_adv in pairs:
         if x_adv.numel() == 0:
@@ -123,18 +123,20 @@ def perturbation_stats(pairs: list[tuple[torch.Tensor, torch.Tensor]], device: t
         finite = x_adv.nan_to_num(nan=0.5)
         values[0] = torch.maximum(values[0], delta.abs().max().double())
         values[1] = torch.maximum(values[1], delta.norm(dim=1).max().double())
-        values[2] = torch.minimum(values[2], finite.min().double())
-        values[3] = torch.maximum(values[3], finite.max().double())
+        values[2] = torch.maximum(values[2], delta.abs().sum(dim=1).max().double())
+        values[3] = torch.minimum(values[3], finite.min().double())
+        values[4] = torch.maximum(values[4], finite.max().double())
         counts[0] += torch.isnan(x_adv).sum()
         counts[1] += x_adv.shape[0]
-    all_reduce(values[:2], "max")
-    low = all_reduce(values[2:3].clone(), "min")
-    high = all_reduce(values[3:4].clone(), "max")
+    distances = all_reduce(values[:3].clone(), "max")
+    low = all_reduce(values[3:4].clone(), "min")
+    high = all_reduce(values[4:5].clone(), "max")
     all_reduce(counts, "sum")
-    stats = {"max_linf": float(values[0]), "max_l2": float(values[1]), "min_value": float(low),
-             "max_value": float(high), "nan_count": int(counts[0]), "n_attacked": int(counts[1]), "eps": eps}
+    stats = {"max_linf": float(distances[0]), "max_l2": float(distances[1]), "max_l1": float(distances[2]),
+             "min_value": float(low), "max_value": float(high), "nan_count": int(counts[0]),
+             "n_attacked": int(counts[1]), "eps": eps}
     if stats["n_attacked"] == 0:
-        stats.update(max_linf=0.0, max_l2=0.0, min_value=0.0, max_value=0.0)
+        stats.update(max_linf=0.0, max_l2=0.0, max_l1=0.0, min_value=0.0, max_value=0.0)
     return stats
 
 

@@ -8,8 +8,9 @@ Typical use::
     for x, y in loader:  # x: (128, 3, 32, 32) float in [0, 1] on the GPU, y: int64
         ...
 
-Modules: `datasets` (registry, file formats, `ImageSplit`), `download` (resumable, checked downloads and safe
-extraction), `splits` (validation split), `loader` (batching, augmentation, DDP sharding).
+Modules: `datasets` (registry, file formats, `ImageSplit`), `corruptions` (CIFAR-10-C and CIFAR-100-C), `download`
+(resumable, checked downloads and safe extraction), `splits` (validation split), `loader` (batching, augmentation,
+DDP sharding).
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ _EXPORTS = {
     "download_dataset": "datasets",
     "load_dataset": "datasets",
     "missing_files": "datasets",
+    "CORRUPTIONS": "corruptions",
+    "CORRUPTION_SETS": "corruptions",
+    "SEVERITIES": "corruptions",
+    "download_corruptions": "corruptions",
+    "load_corrupted": "corruptions",
     "download_file": "download",
     "extract_tar": "download",
     "file_md5": "download",

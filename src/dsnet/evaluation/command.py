@@ -31,26 +31,77 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _radius(text: str) -> float:
+    """A radius such as 0.5, 8/255 or 2e-3."""
+    try:
+        if "/" in text:
+            top, bottom = text.split("/", 1)
+            value = float(top) / float(bottom)
+        else:
+            value = float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"expected a radius such as 0.5 or 8/255, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def _channels(text: str) -> tuple[float, ...]:
+    """Three comma-separated numbers (a per-channel mean or std)."""
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected three numbers such as 0.4914,0.4822,0.4465, got {text!r}") from None
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"expected three comma-separated numbers (one per channel), got {text!r}")
+    return values
+
+
+THREAT_MODEL_CHOICES = ("Linf", "L2", "L1", "corruptions")
+"""`--threat-model` values (kept here as text, so `dsnet -h` imports no torch; `tests/test_architecture.py`
+checks them against `dsnet.evaluation.presets.THREAT_MODELS`)."""
+
+
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `dsnet eval`."""
-    parser.add_argument("--checkpoint", required=True,
-                        help="a checkpoint of `dsnet train` (or a state dict with --model)")
+    source = parser.add_argument_group("the model")
+    source.add_argument("--checkpoint", default=None,
+                        help="a checkpoint of `dsnet train`, or a tensors-only state dict (with --model or "
+                             "--model-factory)")
+    source.add_argument("--model", default=None, metavar="NAME", help="our architecture of a bare state dict")
+    source.add_argument("--model-factory", default=None, metavar="FILE.py:FUNCTION",
+                        help="builds your own model (or package.module:FUNCTION); --checkpoint then holds its "
+                             "weights, and --dataset is required")
+    source.add_argument("--model-kwargs", default=None, metavar="JSON",
+                        help="keyword arguments of the factory, as a JSON object")
+    source.add_argument("--normalize", nargs=2, type=_channels, default=None, metavar=("MEAN", "STD"),
+                        help="normalise inputs for a model trained on normalised images, e.g. "
+                             "0.4914,0.4822,0.4465 0.2471,0.2435,0.2616")
     parser.add_argument("--data-dir", required=True, help="dataset folder")
+    parser.add_argument("--threat-model", default="Linf", choices=THREAT_MODEL_CHOICES,
+                        help="Linf (default), L2, L1, or corruptions (CIFAR-10-C / CIFAR-100-C)")
+    parser.add_argument("--eps", type=_radius, default=None,
+                        help="radius replacing the preset's (e.g. 8/255, 0.25); step sizes scale with it")
+    parser.add_argument("--severities", nargs="+", type=int, default=None, metavar="K",
+                        help="corruption severities (default 1 2 3 4 5)")
     parser.add_argument("--attacks", nargs="+", default=None, metavar="NAME",
-                        help="metrics to compute (default: clean fgsm pgd cw_inf autoattack; also fgsm_textbook)")
+                        help="metrics to compute (default under Linf: clean fgsm pgd cw_inf autoattack, also "
+                             "fgsm_textbook; under L2 cw_l2 instead of cw_inf; for corruptions: corruption names)")
     points = parser.add_mutually_exclusive_group()
     points.add_argument("--n-examples", type=_positive_int, default=None, metavar="N",
                         help="the first N test points in file order (RobustBench convention)")
     points.add_argument("--subset", type=_fraction, default=None, metavar="FRACTION",
                         help="a seeded random fraction of the test points (the paper's 12.5 %%: 0.125)")
-    parser.add_argument("--preset", default="paper", choices=("paper", "standard"),
-                        help="paper: eps 0.031 and the authors' steps; standard: eps 8/255 (RobustBench)")
-    parser.add_argument("--out-dir", default=None, help="report folder (default: <checkpoint folder>/eval-<preset>)")
+    parser.add_argument("--preset", default=None,
+                        help="under Linf, paper (default: eps 0.031 and the authors' steps) or standard (eps 8/255, "
+                             "RobustBench); standard for the other threat models (L2: eps 0.5; L1: eps 12)")
+    parser.add_argument("--out-dir", default=None,
+                        help="report folder (default: <checkpoint folder>/eval-<preset>, or "
+                             "eval-<threat model>-<preset>)")
     parser.add_argument("--batch-size", type=_positive_int, default=256, help="points per batch (default 256)")
     parser.add_argument("--autoattack-batch-size", type=_positive_int, default=None, metavar="N",
                         help="points per AutoAttack call (default 250, the reference's; its random draws depend on it)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the subset, the attacks and the sweep (default 0)")
-    parser.add_argument("--model", default=None, metavar="NAME", help="architecture of a bare state dict")
     parser.add_argument("--dataset", default=None, help="dataset (default: the checkpoint's training dataset)")
     parser.add_argument("--split", default="test", help="dataset split (default test)")
     parser.add_argument("--trained-with", default=None, metavar="OBJECTIVE",
@@ -71,12 +122,23 @@ def run_eval(args: argparse.Namespace) -> int:
 
     if int(os.environ.get("RANK", "0")) != 0:
         logging.getLogger("dsnet").setLevel(logging.ERROR)  # rank 0 reports; errors still show
+    from dsnet.errors import ConfigError
+
+    if args.checkpoint is None and args.model_factory is None:
+        raise ConfigError("pass --checkpoint (a checkpoint of ours or a state dict), or --model-factory for a model "
+                          "of your own")
     report = evaluate(
         args.checkpoint,
         args.data_dir,
         out_dir=args.out_dir,
         attacks=args.attacks,
+        threat_model=args.threat_model,
         preset=args.preset,
+        eps=args.eps,
+        severities=args.severities,
+        model_factory=args.model_factory,
+        model_kwargs=args.model_kwargs,
+        normalize=tuple(args.normalize) if args.normalize else None,
         n_examples=args.n_examples,
         subset=args.subset,
         split=args.split,
@@ -93,6 +155,16 @@ def run_eval(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     if int(os.environ.get("RANK", "0")) == 0:
+        if report.norm is None:
+            rows = report.corruption_accuracy
+            width = max(len(name) for name in rows) if rows else 10
+            print(f"{'corruption'.ljust(width)}  " + "  ".join(f"s{k}".rjust(6) for k in sorted(
+                {k for row in rows.values() for k in row})))
+            for name, row in rows.items():
+                print(f"{name.ljust(width)}  " + "  ".join(f"{100 * row[k]:6.2f}" for k in sorted(row)))
+            print(f"clean {100 * report.outcome('clean').accuracy:.2f}%, mean corruption accuracy "
+                  f"{100 * report.corruption_mean:.2f}%; n = {report.n}; report: {report.out_dir / 'report.md'}")
+            return 0
         header = [o.short_label for o in report.outcomes] + ["Worst case"]
         values = [f"{100 * o.accuracy:.2f}" for o in report.outcomes] + [f"{100 * report.worst_case_accuracy:.2f}"]
         widths = [max(len(h), len(v)) for h, v in zip(header, values)]
@@ -100,7 +172,8 @@ def run_eval(args: argparse.Namespace) -> int:
         print("  ".join(v.rjust(w) for v, w in zip(values, widths)))
         failed = report.failed_checks
         checks = f"{len(failed)} sanity check(s) failed" if failed else "sanity checks passed or skipped"
-        print(f"n = {report.n}, eps = {report.eps:g}; {checks}; report: {report.out_dir / 'report.md'}")
+        print(f"n = {report.n}, {report.threat_model} eps = {report.eps:g}; {checks}; "
+              f"report: {report.out_dir / 'report.md'}")
     return 0
 
 

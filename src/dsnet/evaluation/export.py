@@ -7,8 +7,11 @@
 - `NAME.architecture.json`: what rebuilds the model (registered name, constructor kwargs, number of classes),
   the input convention (NCHW float in [0, 1], the per-channel normalisation the model applies itself) and the
   weights file's SHA-256;
-- `NAME.json` (only with a report): the claim in RobustBench's `model_info/<dataset>/Linf/<name>.json` format,
-  with clean and AutoAttack accuracy filled in from `report.json` and the bibliographic fields left empty.
+- `model_info/<dataset>/<Linf|L2|corruptions>/NAME.json` (only with a report): the claim in RobustBench's format
+  and place, with clean and robust accuracy filled in from `report.json` (AutoAttack for Linf and L2, the mean
+  over the 15 corruptions × 5 severities for corruptions) and the bibliographic fields left empty. A report whose
+  threat model has no leaderboard (L1), or whose ε is not the leaderboard's (the paper's 0.031 instead of 8/255),
+  is refused before any file is written.
 
 `load_exported(out_dir)` rebuilds the model from those files: inputs in [0, 1], normalisation inside (our
 models need none: mean 0 and std 1, but it is applied anyway, so a user can edit the spec for a model that
@@ -39,8 +42,8 @@ from dsnet.evaluation.report import dumps_json
 from dsnet.runtime.files import ensure_writable_folder, write_text_atomic
 from dsnet.runtime.hashing import file_sha256
 
-__all__ = ["export_model", "load_exported", "robustbench_claim", "with_input_normalization", "ExportResult",
-           "EXPORT_FORMAT", "claim_eps"]
+__all__ = ["export_model", "load_exported", "robustbench_claim", "claim_path", "with_input_normalization",
+           "ExportResult", "EXPORT_FORMAT", "claim_eps"]
 
 logger = logging.getLogger(__name__)
 
@@ -94,44 +97,76 @@ def claim_eps(eps: float) -> str:
 
 
 def robustbench_claim(report: Mapping[str, Any], *, architecture: str, additional_data: bool = False) -> dict[str, Any]:
-    """A RobustBench claim (`model_info/<dataset>/Linf/<name>.json`) from an evaluation report.
+    """A RobustBench claim (`model_info/<dataset>/<threat model>/<name>.json`) from an evaluation report.
 
-    Accuracies are percentages as strings with two decimals; `reported` is the AutoAttack accuracy of the
-    report (the number the claim makes); link, name, authors and venue are left empty for the user.
+    Accuracies are percentages as strings with two decimals; `reported` is the report's number for the
+    leaderboard (AutoAttack's accuracy for Linf and L2, the mean corruption accuracy for corruptions); link, name,
+    authors and venue are left empty for the user.
 
     Args:
-        report: the content of a `report.json` written by `dsnet eval` with AutoAttack.
+        report: the content of a `report.json` written by `dsnet eval`.
         architecture: the architecture as the leaderboard shows it.
         additional_data: whether training used data beyond the dataset's training split.
 
     Raises:
-        ConfigError: the report has no AutoAttack result.
+        ConfigError: the report's threat model, dataset or ε is not a leaderboard's, or it lacks the leaderboard's
+            number (AutoAttack, or one of the 75 corruption results).
     """
+    from dsnet.evaluation.presets import get_threat_model
+
     accuracy = report.get("accuracy") or {}
-    if "autoattack" not in accuracy:
-        raise ConfigError("the report has no AutoAttack result; run `dsnet eval` with autoattack (the default) "
-                          "before writing a RobustBench claim")
-    threat = report.get("threat_model") or {}
-    aa = f"{100 * accuracy['autoattack']:.2f}"
+    threat_data = report.get("threat_model") or {}
+    threat = get_threat_model(threat_data.get("name") or "Linf")
+    dataset = report.get("dataset", "")
+    if dataset not in threat.leaderboard_eps:
+        boards = ", ".join(threat.leaderboard_eps) or "none"
+        raise ConfigError(f"RobustBench has no {threat.name} leaderboard for {dataset} (it has: {boards}); no claim "
+                          "is written")
     claim: dict[str, Any] = {
         "link": "",
         "name": "",
         "authors": "",
         "additional_data": bool(additional_data),
         "number_forward_passes": 1,
-        "dataset": report.get("dataset", ""),
+        "dataset": dataset,
         "venue": "",
         "architecture": architecture,
-        "eps": claim_eps(float(threat["eps"])),
-        "clean_acc": f"{100 * accuracy['clean']:.2f}",
-        "reported": aa,
-        "autoattack_acc": aa,
     }
+    if threat.norm is None:
+        corruptions = (report.get("corruptions") or {}).get("accuracy") or {}
+        from dsnet.data.corruptions import CORRUPTIONS, SEVERITIES
+
+        missing = [f"{c} {k}" for c in CORRUPTIONS for k in SEVERITIES if str(k) not in corruptions.get(c, {})]
+        if missing:
+            raise ConfigError(f"the report lacks {len(missing)} of the 75 corruption results (e.g. {missing[0]}); "
+                              "the leaderboard's number is the mean over all 15 corruptions at severities 1 to 5")
+        mean = f"{100 * report['corruptions']['mean']:.2f}"
+        claim.update({"eps": None, "clean_acc": f"{100 * accuracy['clean']:.2f}", "reported": mean,
+                      "corruptions_acc": mean})
+    else:
+        if "autoattack" not in accuracy:
+            raise ConfigError("the report has no AutoAttack result; run `dsnet eval` with autoattack (the default) "
+                              "before writing a RobustBench claim")
+        eps, board = float(threat_data["eps"]), threat.leaderboard_eps[dataset]
+        if not math.isclose(eps, board, rel_tol=1e-6) or threat_data.get("custom_overrides"):
+            why = "custom attack settings" if math.isclose(eps, board, rel_tol=1e-6) else f"ε = {claim_eps(eps)}"
+            raise ConfigError(f"the report was made with {why}, but RobustBench's {threat.name} {dataset} leaderboard "
+                              f"is at ε = {claim_eps(board)} with the standard attacks; evaluate again with "
+                              f"`dsnet eval --threat-model {threat.name} --preset standard` for a claim")
+        aa = f"{100 * accuracy['autoattack']:.2f}"
+        claim.update({"eps": claim_eps(eps), "clean_acc": f"{100 * accuracy['clean']:.2f}", "reported": aa,
+                      "autoattack_acc": aa})
     selection = report.get("selection") or {}
     if selection.get("n", 0) < selection.get("total", 0):
         claim["footnote"] = (f"Evaluated on {selection['n']} of {selection['total']} test points "
                              f"({selection.get('kind', '')}); RobustBench expects the full test set.")
     return claim
+
+
+def claim_path(out_dir: str | Path, report: Mapping[str, Any], name: str) -> Path:
+    """Where RobustBench keeps the claim: `<out_dir>/model_info/<dataset>/<threat model>/<name>.json`."""
+    threat = (report.get("threat_model") or {}).get("name") or "Linf"
+    return Path(out_dir) / "model_info" / str(report.get("dataset", "")) / threat / f"{name}.json"
 
 
 def export_model(
@@ -226,17 +261,15 @@ def export_model(
             raise DsnetError(f"the exported model in {out} does not reproduce the checkpoint's logits; "
                              "please report this")
 
-    claim_path = None
+    claim_file = None
     if report_data is not None and claim is not None:
         if "footnote" in claim:
             logger.warning("the report covers %s of %s test points; RobustBench expects the full test set",
                            report_data["selection"]["n"], report_data["selection"]["total"])
-        if math.isclose(float(report_data["threat_model"]["eps"]), 0.031):
-            logger.info("ε = 0.031 (the paper's preset): the leaderboard's threat model is 8/255 (--preset standard)")
-        claim_path = out / f"{name}.json"
-        write_text_atomic(claim_path, json.dumps(claim, indent=2) + "\n")
+        claim_file = claim_path(out, report_data, name)
+        write_text_atomic(claim_file, json.dumps(claim, indent=2) + "\n")
     logger.info("exported %s to %s", checkpoint, out)
-    return ExportResult(weights_path, spec_path, claim_path)
+    return ExportResult(weights_path, spec_path, claim_file)
 
 
 def load_exported(directory: str | Path, *, name: str | None = None, device: torch.device | str = "cpu") -> nn.Module:

@@ -1,6 +1,13 @@
-"""Rebuilding a model to evaluate or export from a checkpoint.
+"""Rebuilding a model to evaluate or export: from a checkpoint, from a user's factory, or from a module given.
 
-Two kinds of file are accepted, both read with `torch.load(..., weights_only=True)`:
+Three sources of a model:
+
+- one of ours, from a file (below);
+- a user's own architecture, built by `--model-factory FILE.py:FUNCTION` (`dsnet.evaluation.factory`), with its
+  weights from `--checkpoint` when given;
+- an `nn.Module` passed from Python (`evaluate(model=...)`), again with optional weights.
+
+Files are read with `torch.load(..., weights_only=True)`, as one of two kinds:
 
 - a checkpoint written by `dsnet train` (`last.pt`, `selected.pt`, `epoch-NNNN.pt`): the model is rebuilt
   from the `model_name`, `model_kwargs` and `num_classes` stored in it, and the dataset and training objective
@@ -8,8 +15,11 @@ Two kinds of file are accepted, both read with `torch.load(..., weights_only=Tru
 - a tensors-only state dict, bare or as `{"state_dict": ...}` (RobustBench's layout, our export): the
   architecture comes from `model_name` (`--model NAME`) and the dataset from `dataset` (`--dataset`).
 
-The model comes back in fp32 and eval mode, with parameters that need no gradient (attacks differentiate the
-input only). A checkpoint of another architecture raises `CheckpointError` naming both.
+A state dict saved through a wrapper (`module.` of DDP, `_orig_mod.` of `torch.compile`) loads as it is;
+missing or unexpected keys are one line that counts and names them. `normalize=(mean, std)` makes the model
+normalise its [0, 1] input itself (for models trained on normalised images). The model comes back in fp32 and
+eval mode, with parameters that need no gradient (attacks differentiate the input only), and its output is
+checked to have one logit per class of the dataset.
 """
 
 from __future__ import annotations
@@ -46,6 +56,7 @@ class LoadedModel:
         weights_sha256: hash of the stored weights (ties reports and exports to these weights).
         epoch: the next epoch to train, as a training checkpoint stores it (`trained_epochs` is the one finished).
         config: the training run's resolved config, when there is one.
+        source: where the model came from, for the report ({"kind": "dsnet checkpoint" | "factory" | "module", ...}).
     """
 
     model: nn.Module
@@ -59,6 +70,7 @@ class LoadedModel:
     weights_sha256: str
     epoch: int | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    source: dict[str, Any] = field(default_factory=dict)
 
     @property
     def trained_epochs(self) -> int | None:
@@ -77,36 +89,156 @@ def _dataset_classes(dataset: str) -> int:
     return DATASETS.get(dataset).num_classes
 
 
+def _trained_with(given: str | None, config: dict[str, Any], path: object) -> tuple[str, str]:
+    """The training objective and where it came from."""
+    from dsnet.objectives import OBJECTIVES
+
+    source = "given"
+    trained_with = given
+    if trained_with is None:
+        trained_with = (config.get("objective") or {}).get("name")
+        source = "the checkpoint's training config"
+        if trained_with is None:
+            trained_with, source = "at", "assumed (no training config; pass --trained-with)"
+            logger.warning("%s holds no training config: assuming an AT-trained model for the step sizes "
+                           "(pass --trained-with trades for a TRADES model)", path)
+    if trained_with not in OBJECTIVES:
+        raise UnknownNameError(f"training objective {trained_with!r} has no evaluation step preset; pass "
+                               f"--trained-with one of {', '.join(OBJECTIVES.names())}")
+    return trained_with, source
+
+
+class NormalizedInput(nn.Module):
+    """`model` behind x -> (x - mean) / std, for a network trained on normalised inputs."""
+
+    def __init__(self, model: nn.Module, mean: Any, std: Any) -> None:
+        super().__init__()
+        mean, std = [float(v) for v in mean], [float(v) for v in std]
+        if len(mean) != len(std) or any(s <= 0 for s in std):
+            raise ConfigError(f"normalisation needs one mean and one std > 0 per channel, got {mean}, {std}")
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model((x - self.mean) / self.std)
+
+
+def _ready(model: nn.Module, num_classes: int, dataset: str, device: torch.device | str,
+           normalize: tuple[Any, Any] | None) -> nn.Module:
+    """fp32, eval mode, frozen, on `device`, normalising its input if asked; its output checked for size.
+
+    Normalisation wraps the model rather than hooking it: a caller's module stays exactly as it was handed in.
+    """
+    if normalize is not None:
+        model = NormalizedInput(model, *normalize)
+    model = model.float().to(device).eval()
+    model.requires_grad_(False)
+    from dsnet.runtime.precision import full_fp32
+
+    probe = torch.zeros(1, 3, 32, 32, device=device)
+    try:
+        with full_fp32(probe.device.type), torch.no_grad():  # in the evaluation's own math mode, whatever the caller's
+            out = model(probe)
+    except Exception as error:  # noqa: BLE001 - a model that cannot take a CIFAR image is a one-line error
+        raise ConfigError(f"the model cannot take a (1, 3, 32, 32) image: {type(error).__name__}: {error}") from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != num_classes:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError(f"the model returns {shape} for one image, but {dataset} needs (1, {num_classes}) logits")
+    return model
+
+
+def _user_model(model: nn.Module, source: dict[str, Any], checkpoint: str | Path | None, dataset: str | None,
+                trained_with: str | None, device: torch.device | str,
+                normalize: tuple[Any, Any] | None) -> LoadedModel:
+    """A model that is not in our registry, with weights from `checkpoint` when given."""
+    from dsnet.runtime.checkpoint import load_checkpoint, load_model_state
+
+    if dataset is None:
+        raise ConfigError("a model of your own needs the dataset to evaluate on: pass --dataset (cifar10, cifar100 "
+                          "or svhn)")
+    name = type(model).__name__
+    path = Path(checkpoint) if checkpoint is not None else None
+    if path is not None:
+        state = load_checkpoint(path, map_location="cpu")
+        weights = state.get("state_dict", state.get("model", state))
+        if not isinstance(weights, dict) or not weights or not all(isinstance(v, torch.Tensor)
+                                                                   for v in weights.values()):
+            raise CheckpointError(f"{path} holds no tensors-only state dict (bare, or as {{'state_dict': ...}})")
+        load_model_state(model, weights, path=path, expected_name=name)
+        source = {**source, "checkpoint": str(path)}
+    trained, trained_source = _trained_with(trained_with, {}, path or name)
+    num_classes = _dataset_classes(dataset)
+    weights_sha256 = state_dict_sha256(model.state_dict().items())
+    model = _ready(model, num_classes, dataset, device, normalize)
+    return LoadedModel(model=model, model_name=name, model_kwargs=dict(source.get("kwargs") or {}),
+                       num_classes=num_classes, dataset=dataset, trained_with=trained,
+                       trained_with_source=trained_source, checkpoint=path if path is not None else Path(name),
+                       weights_sha256=weights_sha256,
+                       source={**source, "normalize": _normalize_record(normalize)})
+
+
+def _normalize_record(normalize: tuple[Any, Any] | None) -> dict[str, list[float]] | None:
+    return None if normalize is None else {"mean": [float(v) for v in normalize[0]],
+                                           "std": [float(v) for v in normalize[1]]}
+
+
 def load_model_for_evaluation(
-    checkpoint: str | Path,
+    checkpoint: str | Path | None = None,
     *,
     model_name: str | None = None,
     dataset: str | None = None,
     trained_with: str | None = None,
     device: torch.device | str = "cpu",
+    model: nn.Module | None = None,
+    model_factory: str | None = None,
+    model_kwargs: dict[str, Any] | str | None = None,
+    normalize: tuple[Any, Any] | None = None,
 ) -> LoadedModel:
-    """Loads a training checkpoint or a tensors-only state dict into its architecture.
+    """Loads a training checkpoint or a tensors-only state dict into its architecture, or readies a user's model.
 
     Args:
-        checkpoint: a file written by `dsnet train`, or a tensors-only state dict (bare or {"state_dict": ...}).
+        checkpoint: a file written by `dsnet train`, or a tensors-only state dict (bare or {"state_dict": ...});
+            optional with `model` or `model_factory` (the weights they were built with are used then).
         model_name: the architecture; required for a bare state dict; for a training checkpoint, building
             another architecture than the stored one is allowed and fails with a message naming both.
-        dataset: the dataset to evaluate on; default: the checkpoint's training dataset.
+        dataset: the dataset to evaluate on; default: the checkpoint's training dataset (required for a user's
+            model).
         trained_with: the training objective (`at`, `trades`, ...); default: the checkpoint's.
         device: where the model goes.
+        model: an `nn.Module` of your own (from Python).
+        model_factory: `FILE.py:FUNCTION` or `package.module:FUNCTION` that builds your model.
+        model_kwargs: the factory's keyword arguments (a dict or JSON text).
+        normalize: (mean, std) per channel, for a model that expects normalised inputs.
 
     Returns:
         The model in fp32 and eval mode, with its metadata.
 
     Raises:
         CheckpointError: unreadable or unsafe file, no weights, or weights of another architecture.
-        ConfigError: a bare state dict without `model_name` or `dataset`, or a class count that does not fit.
+        ConfigError: a bare state dict without `model_name` or `dataset`, a class count that does not fit, or a
+            factory that cannot build the model.
         UnknownNameError: an unknown model, dataset or objective name.
     """
     from dsnet.models import create_model
-    from dsnet.objectives import OBJECTIVES
     from dsnet.runtime.checkpoint import load_checkpoint, load_model_state
 
+    if sum(x is not None for x in (model, model_factory, model_name)) > 1:
+        raise ConfigError("give one of a model, --model-factory and --model, not several")
+    if model is not None:
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"model must be a torch.nn.Module, got a {type(model).__name__}")
+        origin = {"kind": "module", "class": f"{type(model).__module__}.{type(model).__qualname__}"}
+        return _user_model(model, origin, checkpoint, dataset, trained_with, device, normalize)
+    if model_factory is not None:
+        from dsnet.evaluation.factory import load_factory
+
+        built, factory = load_factory(model_factory, model_kwargs)
+        return _user_model(built, factory.record(), checkpoint, dataset, trained_with, device, normalize)
+    if model_kwargs:
+        raise ConfigError("--model-kwargs goes with --model-factory; for one of our models use the checkpoint")
+    if checkpoint is None:
+        raise ConfigError("nothing to evaluate: pass --checkpoint (or --model-factory, or model= from Python)")
     path = Path(checkpoint)
     state = load_checkpoint(path, map_location="cpu")
     ours = isinstance(state.get("model"), dict) and "model_name" in state
@@ -144,22 +276,10 @@ def load_model_for_evaluation(
         name, kwargs, num_classes = model_name, {}, _dataset_classes(dataset)
         described = weights
 
-    source = "given"
-    if trained_with is None:
-        trained_with = (config.get("objective") or {}).get("name")
-        source = "the checkpoint's training config"
-        if trained_with is None:
-            trained_with, source = "at", "assumed (the file holds no training config; pass --trained-with)"
-            logger.warning("%s holds no training config: assuming an AT-trained model for the step sizes "
-                           "(pass --trained-with trades for a TRADES model)", path)
-    if trained_with not in OBJECTIVES:
-        raise UnknownNameError(f"training objective {trained_with!r} has no evaluation step preset; pass "
-                               f"--trained-with one of {', '.join(OBJECTIVES.names())}")
-
+    trained_with, source = _trained_with(trained_with, config, path)
     model = create_model(name, num_classes=num_classes, **kwargs)
     load_model_state(model, described, path=path, expected_name=name)
-    model = model.float().to(device).eval()
-    model.requires_grad_(False)
+    model = _ready(model, num_classes, dataset, device, normalize)
     return LoadedModel(
         model=model,
         model_name=name,
@@ -172,4 +292,6 @@ def load_model_for_evaluation(
         weights_sha256=state_dict_sha256(weights.items()),
         epoch=int(state["epoch"]) if ours and isinstance(state.get("epoch"), int) else None,
         config=config,
+        source={"kind": "dsnet checkpoint" if ours else "state dict", "checkpoint": str(path),
+                "normalize": _normalize_record(normalize)},
     )

@@ -7,6 +7,10 @@ from it, atomically; nothing lives only in a log.
 
 In `report.json` the per-point flags are strings of "0"/"1" (one character per evaluated point, in the order
 of `points.indices`; "1" = still classified correctly), so the file stays readable at 10,000 points.
+
+Under the corruptions threat model the metrics are the corruptions at each severity (`fog_s3`), and the report
+adds the accuracy table (corruption × severity), the mean over all of them (RobustBench's corruptions accuracy)
+and a heat map, `corruptions.png`.
 """
 
 from __future__ import annotations
@@ -37,19 +41,23 @@ __all__ = [
 
 REPORT_FORMAT = "dsnet-eval-report/1"
 
-METRIC_ORDER = ("clean", "fgsm", "fgsm_textbook", "pgd", "cw_inf", "autoattack")
+METRIC_ORDER = ("clean", "fgsm", "fgsm_textbook", "pgd", "cw_inf", "cw_l2", "autoattack")
 """The paper's column order (Natural, FGSM, PGD-20, CW∞, AA); other attacks follow in the order given."""
 
 _SHORT_LABELS = {"clean": "Natural", "autoattack": "AA"}
 
-def _preset_note(preset: str) -> str:
-    from dsnet.evaluation.presets import PRESETS
 
-    return PRESETS.get(preset).description if preset in PRESETS else ""
+def _preset_note(preset: str, threat_model: str = "Linf") -> str:
+    from dsnet.evaluation.presets import get_threat_model
+
+    presets = get_threat_model(threat_model).presets
+    return presets.get(preset).description if preset in presets else ""
 
 
 def eps_fraction(eps: float) -> str:
     """ε as k/255: "8/255" for 8/255, "7.905/255" for 0.031."""
+    if not math.isfinite(eps):
+        return "-"
     k = eps * 255
     if abs(k - round(k)) < 1e-6:
         return f"{round(k)}/255"
@@ -135,6 +143,8 @@ class EvalReport:
         runtime_s: wall time of this call.
         overrides: attack settings changed from the preset (makes the evaluation "custom").
         out_dir: where the files were written (None when not written).
+        threat_model: "Linf", "L2", "L1" or "corruptions".
+        eps_override: the ε given instead of the preset's (None when the preset's was used).
     """
 
     checkpoint: str
@@ -155,6 +165,8 @@ class EvalReport:
     runtime_s: float
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     out_dir: Path | None = None
+    threat_model: str = "Linf"
+    eps_override: float | None = None
 
     # ------------------------------------------------------------------------------------------ numbers
     @property
@@ -197,6 +209,37 @@ class EvalReport:
     def failed_checks(self) -> list[SanityCheck]:
         return [check for check in self.sanity_checks if check.status == "failed"]
 
+    @property
+    def norm(self) -> str | None:
+        """The threat model's norm ("Linf", "L2", "L1"), None for corruptions."""
+        return None if self.threat_model == "corruptions" else self.threat_model
+
+    @property
+    def corruption_accuracy(self) -> dict[str, dict[int, float]]:
+        """corruption -> severity -> accuracy, for the corruption metrics of this report (empty otherwise)."""
+        table: dict[str, dict[int, float]] = {}
+        for outcome in self.outcomes:
+            corruption, severity = outcome.config.get("corruption"), outcome.config.get("severity")
+            if corruption is not None and severity is not None:
+                table.setdefault(corruption, {})[int(severity)] = outcome.accuracy
+        return table
+
+    @property
+    def corruption_mean(self) -> float:
+        """The mean accuracy over every corruption and severity evaluated (RobustBench's corruptions accuracy)."""
+        values = [acc for row in self.corruption_accuracy.values() for acc in row.values()]
+        return sum(values) / len(values) if values else math.nan
+
+    def _threat_line(self) -> str:
+        if self.norm is None:
+            return f"- threat model: common corruptions, preset **{self.preset}**"
+        symbol = {"Linf": "L∞"}.get(self.norm, self.norm)
+        radius = f"ε = {self.eps:g}" + (f" ({eps_fraction(self.eps)})" if self.norm == "Linf" else "")
+        custom = [part for part in ("custom overrides" if self.overrides else "",
+                                    "ε given by --eps" if self.eps_override is not None else "") if part]
+        return f"- threat model: {symbol}, {radius}, preset **{self.preset}**" + (
+            f" with {' and '.join(custom)}" if custom else "")
+
     # -------------------------------------------------------------------------------------------- JSON
     def to_dict(self, include_points: bool = True) -> dict[str, Any]:
         """The content of `report.json`."""
@@ -221,8 +264,11 @@ class EvalReport:
             "split": self.split,
             "n": self.n,
             "selection": self.selection.to_dict(),
-            "threat_model": {"norm": "Linf", "eps": self.eps, "eps_255": eps_fraction(self.eps),
-                             "preset": self.preset, "preset_description": _preset_note(self.preset),
+            "threat_model": {"name": self.threat_model, "norm": self.norm,
+                             "eps": self.eps if math.isfinite(self.eps) else None,
+                             "eps_255": eps_fraction(self.eps) if self.norm == "Linf" else None,
+                             "eps_override": self.eps_override,
+                             "preset": self.preset, "preset_description": _preset_note(self.preset, self.threat_model),
                              "step_note": self.step_note, "custom_overrides": dict(self.overrides)},
             "accuracy": self.accuracy,
             "worst_case": {"accuracy": self.worst_case_accuracy, "robust": int(self.worst_case_flags.sum()),
@@ -232,6 +278,9 @@ class EvalReport:
             "sanity_checks": [check.to_dict() for check in self.sanity_checks],
             "eps_sweep": ({"n": self.eps_sweep_n, "points": [{"eps": e, "accuracy": a} for e, a in self.eps_sweep]}
                           if self.eps_sweep else None),
+            "corruptions": ({"accuracy": {c: {str(k): v for k, v in row.items()}
+                                          for c, row in self.corruption_accuracy.items()},
+                             "mean": self.corruption_mean} if self.norm is None else None),
             "seeds": dict(self.seeds),
             "versions": dict(self.versions),
             "device": dict(self.device),
@@ -252,11 +301,14 @@ class EvalReport:
         lines = [f"# Robustness of `{model['name']}` on {self.dataset} ({self.split})", ""]
         lines += [
             f"- checkpoint: `{self.checkpoint}`" + (f" (epoch {model['epoch']})" if model.get("epoch") else ""),
-            f"- threat model: L∞, ε = {self.eps:g} ({eps_fraction(self.eps)}), preset **{self.preset}**"
-            + (" with custom overrides" if self.overrides else ""),
+            self._threat_line(),
             f"- points: n = {self.n}, {self.selection.description}",
-            f"- step sizes: {self.step_note}",
+            *([f"- step sizes: {self.step_note}"] if self.step_note else []),
             "",
+        ]
+        if self.norm is None:
+            lines += self._corruption_markdown()
+        lines += [
             "| " + " | ".join([o.short_label for o in self.outcomes] + ["Worst case"]) + " |",
             "|" + "---:|" * (len(self.outcomes) + 1),
             "| " + " | ".join([f"{100 * o.accuracy:.2f}" for o in self.outcomes]
@@ -287,6 +339,8 @@ class EvalReport:
                       + ("none." if not aa.get("warnings") else "")]
             lines += [f"- {warning}" for warning in aa.get("warnings", [])]
         lines += ["", "## Sanity checks (gradient masking)", ""]
+        if not self.sanity_checks:
+            lines.append("Not applicable: corruptions are not attacks, so there are no gradients to mask.")
         for check in self.sanity_checks:
             lines.append(f"- **{check.status.upper()}** - {check.title}: {check.message}")
         if self.eps_sweep:
@@ -302,7 +356,8 @@ class EvalReport:
             f"{model.get('num_classes')} classes, "
             f"{model.get('parameters', 0):,} parameters, weights sha256 {str(model.get('weights_sha256', ''))[:16]}…",
             f"- trained with: {model.get('trained_with')} ({model.get('trained_with_source')})",
-            f"- preset {self.preset}: {_preset_note(self.preset)}",
+            f"- model source: {_source_text(model.get('source') or {})}",
+            f"- preset {self.preset}: {_preset_note(self.preset, self.threat_model)}",
             f"- seeds: {', '.join(f'{k} {v}' for k, v in self.seeds.items())}",
             f"- device: {self.device.get('name')} × {self.device.get('world_size')} process(es), fp32",
             f"- versions: {', '.join(f'{k} {v}' for k, v in self.versions.items())}",
@@ -312,13 +367,35 @@ class EvalReport:
         ]
         return "\n".join(lines)
 
-    def write(self, out_dir: str | Path) -> tuple[Path, Path]:
-        """Writes `report.json` and `report.md` into `out_dir` (atomically) and returns their paths."""
+    def _corruption_markdown(self) -> list[str]:
+        table = self.corruption_accuracy
+        severities = sorted({k for row in table.values() for k in row})
+        lines = [f"**Mean corruption accuracy: {100 * self.corruption_mean:.2f} %** over {len(table)} corruptions × "
+                 f"{len(severities)} severities (clean: {100 * self.outcome('clean').accuracy:.2f} %).", "",
+                 "| Corruption | " + " | ".join(f"severity {k}" for k in severities) + " | mean |",
+                 "|---|" + "---:|" * (len(severities) + 1)]
+        for corruption, row in table.items():
+            values = [row[k] for k in severities if k in row]
+            lines.append(f"| {corruption} | " + " | ".join(f"{100 * row[k]:.2f}" if k in row else "-" for k in severities)
+                         + f" | {100 * sum(values) / len(values):.2f} |")
+        means = [[row[k] for row in table.values() if k in row] for k in severities]
+        lines.append("| **mean** | " + " | ".join(f"{100 * sum(m) / len(m):.2f}" for m in means)
+                     + f" | **{100 * self.corruption_mean:.2f}** |")
+        lines += ["", "Accuracy in % on the corrupted copies of the same n test points; `corruptions.png` draws "
+                  "this table.", "", "## Every metric", ""]
+        return lines
+
+    def write(self, out_dir: str | Path) -> tuple[Path, ...]:
+        """Writes `report.json` and `report.md` (and `corruptions.png` for corruptions) into `out_dir`, atomically,
+        and returns their paths."""
         out_dir = Path(out_dir)
         json_path, md_path = out_dir / "report.json", out_dir / "report.md"
         write_text_atomic(json_path, dumps_json(self.to_dict()) + "\n")
         write_text_atomic(md_path, self.to_markdown())
         self.out_dir = out_dir
+        if self.norm is None and self.corruption_accuracy:
+            return json_path, md_path, _corruption_heatmap(self.corruption_accuracy, out_dir / "corruptions.png",
+                                                           f"{self.model['name']} on {self.dataset}-C")
         return json_path, md_path
 
 
@@ -335,3 +412,43 @@ def _settings_text(config: dict[str, Any]) -> str:
     if "stages" in config:
         parts.append("stages " + "+".join(config["stages"]))
     return ", ".join(parts)
+
+
+def _source_text(source: dict[str, Any]) -> str:
+    if not source:
+        return "-"
+    parts = [str(source.get("kind", "-"))]
+    if source.get("factory"):
+        parts.append(f"{source['factory']} {source.get('kwargs') or ''}".strip())
+    if source.get("class"):
+        parts.append(str(source["class"]))
+    if source.get("file_sha256"):
+        parts.append(f"file sha256 {str(source['file_sha256'])[:16]}…")
+    if source.get("normalize"):
+        parts.append(f"inputs normalised with mean {source['normalize']['mean']} std {source['normalize']['std']}")
+    return ", ".join(parts)
+
+
+def _corruption_heatmap(table: dict[str, dict[int, float]], path: Path, title: str) -> Path:
+    """A corruption × severity heat map of accuracy, written atomically (as every file of a report); drawn by the
+    Agg backend on a bare `Figure`, so no pyplot state or display is involved."""
+    from matplotlib.figure import Figure
+
+    from dsnet.runtime.files import write_atomic
+
+    severities = sorted({k for row in table.values() for k in row})
+    values = [[100 * row.get(k, math.nan) for k in severities] for row in table.values()]
+    figure = Figure(figsize=(1.1 * len(severities) + 3, 0.38 * len(table) + 1.4))
+    axes = figure.add_subplot()
+    image = axes.imshow(values, cmap="viridis", vmin=0, vmax=100, aspect="auto")
+    axes.set_xticks(range(len(severities)), [str(k) for k in severities])
+    axes.set_yticks(range(len(table)), list(table))
+    axes.set_xlabel("severity")
+    axes.set_title(title)
+    for i, row in enumerate(values):
+        for j, value in enumerate(row):
+            axes.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7,
+                      color="white" if value < 60 else "black")
+    figure.colorbar(image, ax=axes, label="accuracy (%)")
+    figure.tight_layout()
+    return write_atomic(path, lambda handle: figure.savefig(handle, format="png", dpi=120))

@@ -9,7 +9,8 @@ passed, failed or skipped, with one sentence saying why:
   image); a plateau above 0 means the gradient does not lead anywhere.
 - `check_square`: the black-box Square attack must not lower AutoAttack's accuracy after the white-box attacks
   by more than 0.2 % (AutoAttack's own threshold).
-- `check_perturbations`: every adversarial point lies in the ε-ball and in [0, 1], with no NaN.
+- `check_perturbations`: every adversarial point lies in the ε-ball (of the threat model's norm) and in [0, 1],
+  with no NaN.
 - `check_pgd_vs_margin`: PGD on cross-entropy must break most of the points that the margin-loss attacks (CW∞,
   AutoAttack) break. It needs no extra attack, so it works with the ε sweep off: a model whose softmax saturates
   (logits scaled up) gives PGD zero gradients while the margin losses still lead somewhere, and a model whose
@@ -48,9 +49,10 @@ SWEEP_EPS_FACTORS = (0.5, 1.0, 2.0, 4.0)
 """Multiples of the preset ε in the sweep."""
 
 SWEEP_LARGE_EPS = 0.5
-"""The large ε at the end of the sweep, where accuracy must be about 0."""
+"""The large L∞ ε at the end of the sweep, where accuracy must be about 0 (each threat model has its own:
+`ThreatModel.sweep_large_eps`)."""
 
-MARGIN_ATTACKS = ("cw_inf", "autoattack")
+MARGIN_ATTACKS = ("cw_inf", "cw_l2", "autoattack")
 """Attacks whose losses are margins (CW's, APGD-T's DLR) or that need no gradient (Square, inside AutoAttack)."""
 
 PGD_MARGIN_SHARE = 0.5
@@ -186,17 +188,22 @@ def check_square(stage_accuracy: Mapping[str, float] | None, stages_run: Sequenc
                        f"({_pct(before)} -> {_pct(after)}), within {_pct(SQUARE_THRESHOLD)}.", details)
 
 
+_STAT_OF_NORM = {"Linf": ("max_linf", "||δ||∞"), "L2": ("max_l2", "||δ||₂"), "L1": ("max_l1", "||δ||₁")}
+
+
 def check_perturbations(stats: Mapping[str, Mapping[str, Any]], labels: Mapping[str, str],
-                        eps: float, tolerance: float = 1e-6) -> SanityCheck:
-    """Every attack's points lie in the ε-ball (L∞) and in [0, 1], and none is NaN.
+                        eps: float, tolerance: float = 1e-6, *, norm: str | None = "Linf") -> SanityCheck:
+    """Every attack's points lie in the ε-ball of `norm` and in [0, 1], and none is NaN.
 
     Args:
-        stats: attack name -> {"max_linf", "min_value", "max_value", "nan_count", "n_attacked", and optionally
-            the attack's own "eps"}.
+        stats: attack name -> {"max_linf", "max_l2", "max_l1", "min_value", "max_value", "nan_count",
+            "n_attacked", and optionally the attack's own "eps"}.
         labels: attack name -> display label.
         eps: the ε of the evaluation (for attacks whose stats carry none).
-        tolerance: floating-point slack on the bounds.
+        tolerance: floating-point slack on the bounds (relative for the L2 and L1 norms, which sum many terms).
+        norm: "Linf", "L2" or "L1".
     """
+    key, symbol = _STAT_OF_NORM[norm or "Linf"]
     title = "adversarial points lie in the ε-ball and in [0, 1], without NaN"
     checked = {name: s for name, s in stats.items() if s.get("n_attacked")}
     if not checked:
@@ -206,16 +213,19 @@ def check_perturbations(stats: Mapping[str, Mapping[str, Any]], labels: Mapping[
         if s["nan_count"]:
             problems.append(f"{labels.get(name, name)} produced {s['nan_count']} NaN values")
         bound = s.get("eps", eps)
-        if s["max_linf"] > bound + tolerance:
-            problems.append(f"{labels.get(name, name)} moved a point by {s['max_linf']:.6f} > ε = {bound:.6f}")
+        slack = tolerance if key == "max_linf" else tolerance * max(1.0, bound) * 10
+        if key not in s:
+            problems.append(f"{labels.get(name, name)} did not record its {norm} distances")
+        elif s[key] > bound + slack:
+            problems.append(f"{labels.get(name, name)} moved a point by {symbol} = {s[key]:.6f} > ε = {bound:.6f}")
         if s["min_value"] < -tolerance or s["max_value"] > 1 + tolerance:
             problems.append(f"{labels.get(name, name)} left [0, 1] ({s['min_value']:.4f}..{s['max_value']:.4f})")
-    largest = max(s["max_linf"] for s in checked.values())
-    details = {"eps": eps, "max_linf": {name: s["max_linf"] for name, s in checked.items()}}
+    largest = max(s.get(key, float("nan")) for s in checked.values())
+    details = {"eps": eps, "norm": norm, key: {name: s.get(key) for name, s in checked.items()}}
     if problems:
         return SanityCheck("perturbation_bounds", title, FAILED, "; ".join(problems) + ".", details)
     return SanityCheck("perturbation_bounds", title, PASSED,
-                       f"largest ||δ||∞ {largest:.5f} ≤ ε = {eps:.5f}, all values in [0, 1], no NaN.", details)
+                       f"largest {symbol} {largest:.5f} ≤ ε = {eps:.5f}, all values in [0, 1], no NaN.", details)
 
 
 def check_pgd_vs_margin(flags: Mapping[str, Any], labels: Mapping[str, str]) -> SanityCheck:
@@ -227,10 +237,11 @@ def check_pgd_vs_margin(flags: Mapping[str, Any], labels: Mapping[str, str]) -> 
         labels: metric name -> display label.
     """
     title = "PGD breaks most of the points that the margin-loss attacks break (CE gradients do not vanish)"
+    # the margin attacks of this evaluation (CW∞ or CW-L2, and AutoAttack), named as they were run
     margin = [name for name in MARGIN_ATTACKS if name in flags]
     if "pgd" not in flags or "clean" not in flags or not margin:
         return SanityCheck("pgd_vs_margin", title, SKIPPED,
-                           "needs PGD and a margin-loss attack (CW∞ or AutoAttack) on the same points.")
+                           "needs PGD and a margin-loss attack (CW∞, CW-L2 or AutoAttack) on the same points.")
     clean = flags["clean"].bool()
     broken_by_margin = clean.clone() & False
     for name in margin:

@@ -133,7 +133,7 @@ class Objective(Settings):
 
     def validation_attack(self, steps: int) -> Any:
         """The PGD (step ε/4, uniform start) that training measures robustness with after every epoch."""
-        from dsnet.attacks.linf import PGD
+        from dsnet.attacks.gradient import PGD
 
         eps = self.threat_eps
         return PGD(eps=eps, step_size=eps / 4, steps=steps)

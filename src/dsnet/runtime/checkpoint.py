@@ -27,6 +27,8 @@ from dsnet.runtime.files import remove_temp_files, save_torch_atomic
 __all__ = [
     "CHECKPOINT_FORMAT",
     "save_checkpoint",
+    "strip_wrapper_prefixes",
+    "WRAPPER_PREFIXES",
     "remove_temp_files",
     "load_tensors_file",
     "load_checkpoint",
@@ -162,9 +164,29 @@ def _describe(state: dict[str, Any], path: Path) -> str:
     return f"{name}" + (f" ({extra})" if extra else "")
 
 
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+"""Key prefixes that wrappers add: DistributedDataParallel / DataParallel (`module.`) and `torch.compile`
+(`_orig_mod.`)."""
+
+
+def strip_wrapper_prefixes(weights: dict[str, Any]) -> dict[str, Any]:
+    """`weights` without the `WRAPPER_PREFIXES` that every key carries (in any order and number: a compiled DDP
+    model saves `module._orig_mod.stem.weight`)."""
+    stripped = True
+    while stripped and weights:
+        stripped = False
+        for prefix in WRAPPER_PREFIXES:
+            if all(key.startswith(prefix) for key in weights):
+                weights = {key[len(prefix):]: value for key, value in weights.items()}
+                stripped = True
+    return weights
+
+
 def load_model_state(model: nn.Module, state: dict[str, Any], *, path: str | Path = "checkpoint",
                      expected_name: str | None = None) -> None:
     """Loads a model's weights from a checkpoint dict (ours) or a bare state dict, strictly.
+
+    Keys saved through a wrapper (`module.` of DDP, `_orig_mod.` of `torch.compile`) are accepted.
 
     Raises:
         CheckpointError: the weights belong to another architecture or width; the message names both.
@@ -173,6 +195,7 @@ def load_model_state(model: nn.Module, state: dict[str, Any], *, path: str | Pat
     weights = state.get("model", state)
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise CheckpointError(f"{path} holds no model weights (expected a tensors-only state dict)")
+    weights = strip_wrapper_prefixes(weights)
     ours = model.state_dict()
     theirs_name = _describe(state, path) if "model" in state else "a bare state dict"
     ours_name = expected_name or type(model).__name__

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from dsnet.attacks.linf import PGD
+from dsnet.attacks.gradient import PGD
 from dsnet.attacks.metrics import robust_flags
 from dsnet.validate import Problems, is_number
 

@@ -261,6 +261,7 @@ def test_config_and_label_describe_the_attack():
     assert pgd.config() == {
         "name": "pgd",
         "eps": 0.031,
+        "norm": "Linf",
         "step_size": 0.031 / 4,
         "steps": 20,
         "restarts": 1,

@@ -1,4 +1,4 @@
-"""FGSM, PGD and CW-inf: L-inf attacks built on the one loop in `dsnet.attacks.core`.
+"""FGSM/FGM, PGD and the CW margin attack, in the L∞ or the L2 ball, built on the one loop in `dsnet.attacks.core`.
 
 What the DS-Net authors evaluate with (reference/dsnet_reference.md §5), and how it maps here:
 
@@ -9,8 +9,13 @@ What the DS-Net authors evaluate with (reference/dsnet_reference.md §5), and ho
 - CW∞-30: the same loop for 30 steps on the Carlini–Wagner margin loss with κ = 50. This is PGD on a margin
   loss, not the original C&W optimisation attack and not an L2 attack.
 
-With `restarts > 1`, PGD and CW∞ keep, per example, the first restart whose output fools the model (the
-last one for points that are never fooled), so the result is the worst case per point.
+Every attack takes `norm` ("Linf", the default, or "L2"; `dsnet.attacks.norms`). Under L2, FGSM is the fast
+gradient method (FGM: a uniform start in the L2 ball, then one step of length ε along ∇/‖∇‖₂, projected), PGD
+takes normalised-gradient steps, and `cw_l2` is PGD on the same CW margin loss under the L2 projection (as
+RobustBench's and AutoAttack's L2 evaluations use it), not the original C&W L2 optimisation attack.
+
+With `restarts > 1`, PGD and the CW attacks keep, per example, the first restart whose output fools the model
+(the last one for points that are never fooled), so the result is the worst case per point.
 """
 
 from __future__ import annotations
@@ -21,30 +26,38 @@ import torch
 import torch.nn as nn
 
 from dsnet.attacks.base import Attack, check_int, check_number, register_attack
-from dsnet.attacks.core import LossFn, sign_gradient_ascent
+from dsnet.attacks.core import LossFn, gradient_ascent
 from dsnet.attacks.losses import cross_entropy_loss, cw_margin_loss
+from dsnet.attacks.norms import LINF, Norm, get_norm
 from dsnet.errors import ConfigError
 
-__all__ = ["FGSM", "PGD", "CWInf", "fgsm_textbook"]
+__all__ = ["FGSM", "PGD", "CWInf", "CWL2", "fgsm_textbook"]
 
 
-@register_attack("fgsm", "FGSM on CE; random_start=True is the paper's variant (uniform start, ε step)")
+def _suffix(norm: Norm) -> str:
+    """"" for L∞ (the paper's labels stay as they were), " (L2)" otherwise."""
+    return "" if norm is LINF else f" ({norm.name})"
+
+
+@register_attack("fgsm", "FGSM on CE (FGM under L2); random_start=True is the paper's variant (uniform start, ε step)")
 class FGSM(Attack):
-    """Fast gradient sign method on cross-entropy.
+    """Fast gradient sign method on cross-entropy (under L2: the fast gradient method, a normalised-gradient step).
 
     Args:
-        eps: L-inf radius in pixel units (0.031 or 8/255).
+        eps: radius in pixel units (L∞: 0.031 or 8/255; L2: 0.5).
         random_start: True for the paper's variant (uniform start in the ε-ball, then a full-ε step,
-            projected); False for the textbook x + ε·sign(∇).
+            projected); False for the textbook x + ε·sign(∇) (x + ε·∇/‖∇‖₂ under L2).
         seed: seed of the random start.
+        norm: "Linf" or "L2".
     """
 
-    def __init__(self, *, eps: float, random_start: bool = True, seed: int = 0) -> None:
+    def __init__(self, *, eps: float, random_start: bool = True, seed: int = 0, norm: str = "Linf") -> None:
         super().__init__(seed=seed)
         self.eps = check_number("FGSM", "eps", eps)
         if not isinstance(random_start, bool):
             raise ConfigError(f"FGSM: random_start must be True or False, got {random_start!r}")
         self.random_start = random_start
+        self.norm = get_norm(norm, "FGSM")
 
     @property
     def name(self) -> str:  # type: ignore[override]
@@ -52,40 +65,45 @@ class FGSM(Attack):
 
     @property
     def label(self) -> str:
-        return "FGSM" if self.random_start else "FGSM (textbook)"
+        name = "FGSM" if self.norm is LINF else "FGM"
+        return (name if self.random_start else f"{name} (textbook)") + _suffix(self.norm)
 
     def _settings(self) -> dict[str, Any]:
-        return {"eps": self.eps, "step_size": self.eps, "steps": 1, "random_start": self.random_start}
+        return {"eps": self.eps, "norm": self.norm.name, "step_size": self.eps, "steps": 1,
+                "random_start": self.random_start}
 
     def _perturb(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
     ) -> torch.Tensor:
-        return sign_gradient_ascent(
+        return gradient_ascent(
             model,
             x,
             lambda logits, _: cross_entropy_loss(logits, y),
             eps=self.eps,
             step_size=self.eps,
             steps=1,
+            norm=self.norm,
             start="uniform" if self.random_start else "none",
             generator=generator,
         )
 
 
-@register_attack("fgsm_textbook", "textbook FGSM: x + ε·sign(∇), no random start")
-def fgsm_textbook(*, eps: float, seed: int = 0) -> FGSM:
+@register_attack("fgsm_textbook", "textbook FGSM: x + ε·sign(∇) (x + ε·∇/‖∇‖₂ under L2), no random start")
+def fgsm_textbook(*, eps: float, seed: int = 0, norm: str = "Linf") -> FGSM:
     """The textbook FGSM, x + ε·sign(∇), with no random start (registered as `fgsm_textbook`)."""
-    return FGSM(eps=eps, random_start=False, seed=seed)
+    return FGSM(eps=eps, random_start=False, seed=seed, norm=norm)
 
 
-class _SignAscentAttack(Attack):
-    """Shared part of PGD and CW∞: settings, restarts and the worst case over them."""
+class _GradientAttack(Attack):
+    """Shared part of PGD and the CW attacks: settings, restarts and the worst case over them."""
 
     def __init__(
-        self, *, eps: float, step_size: float, steps: int, restarts: int, random_start: bool, seed: int
+        self, *, eps: float, step_size: float, steps: int, restarts: int, random_start: bool, seed: int,
+        norm: str | Norm = "Linf",
     ) -> None:
         super().__init__(seed=seed)
         owner = type(self).__name__
+        self.norm = get_norm(norm, owner)
         self.eps = check_number(owner, "eps", eps)
         self.step_size = check_number(owner, "step_size", step_size)
         # steps = 0 is allowed on purpose: it returns the start (the clean input without a random start),
@@ -103,6 +121,7 @@ class _SignAscentAttack(Attack):
     def _settings(self) -> dict[str, Any]:
         return {
             "eps": self.eps,
+            "norm": self.norm.name,
             "step_size": self.step_size,
             "steps": self.steps,
             "restarts": self.restarts,
@@ -118,13 +137,14 @@ class _SignAscentAttack(Attack):
         loss_fn = self._loss(y)
 
         def one_run() -> torch.Tensor:
-            return sign_gradient_ascent(
+            return gradient_ascent(
                 model,
                 x,
                 loss_fn,
                 eps=self.eps,
                 step_size=self.step_size,
                 steps=self.steps,
+                norm=self.norm,
                 start="uniform" if self.random_start else "none",
                 generator=generator,
             )
@@ -143,17 +163,18 @@ class _SignAscentAttack(Attack):
         return best
 
 
-@register_attack("pgd", "PGD on CE, uniform start, worst case over restarts")
-class PGD(_SignAscentAttack):
-    """Projected gradient descent (Madry et al.) on cross-entropy, L-inf.
+@register_attack("pgd", "PGD on CE (L∞ or L2), uniform start, worst case over restarts")
+class PGD(_GradientAttack):
+    """Projected gradient descent (Madry et al.) on cross-entropy, in the L∞ (default) or L2 ball.
 
     Args:
-        eps: L-inf radius in pixel units.
-        step_size: size of each sign step (0.031/4 for AT/MART models, 0.003 for TRADES in the paper).
+        eps: radius in pixel units.
+        step_size: length of each step (L∞: 0.031/4 for AT/MART models, 0.003 for TRADES in the paper).
         steps: number of steps (20 in the paper); 0 returns the start.
         restarts: independent random starts; the worst case per point is kept.
         random_start: uniform start in the ε-ball (the paper's) or none.
         seed: seed of the random starts.
+        norm: "Linf" or "L2".
     """
 
     name = "pgd"
@@ -167,21 +188,23 @@ class PGD(_SignAscentAttack):
         restarts: int = 1,
         random_start: bool = True,
         seed: int = 0,
+        norm: str = "Linf",
     ) -> None:
         super().__init__(
-            eps=eps, step_size=step_size, steps=steps, restarts=restarts, random_start=random_start, seed=seed
+            eps=eps, step_size=step_size, steps=steps, restarts=restarts, random_start=random_start, seed=seed,
+            norm=norm,
         )
 
     @property
     def label(self) -> str:
-        return f"PGD-{self.steps}"
+        return f"PGD-{self.steps}{_suffix(self.norm)}"
 
     def _loss(self, y: torch.Tensor) -> LossFn:
         return lambda logits, _: cross_entropy_loss(logits, y)
 
 
 @register_attack("cw_inf", "PGD on the Carlini–Wagner margin loss (the paper's C&W∞)")
-class CWInf(_SignAscentAttack):
+class CWInf(_GradientAttack):
     """PGD on the Carlini–Wagner margin loss (the paper's "C&W∞"), L-inf.
 
     Args:
@@ -208,9 +231,12 @@ class CWInf(_SignAscentAttack):
         seed: int = 0,
     ) -> None:
         super().__init__(
-            eps=eps, step_size=step_size, steps=steps, restarts=restarts, random_start=random_start, seed=seed
+            eps=eps, step_size=step_size, steps=steps, restarts=restarts, random_start=random_start, seed=seed,
+            norm=self._norm,
         )
-        self.kappa = check_number("CWInf", "kappa", kappa)
+        self.kappa = check_number(type(self).__name__, "kappa", kappa)
+
+    _norm = "Linf"
 
     @property
     def label(self) -> str:
@@ -222,3 +248,18 @@ class CWInf(_SignAscentAttack):
     def _loss(self, y: torch.Tensor) -> LossFn:
         kappa = self.kappa
         return lambda logits, _: cw_margin_loss(logits, y, kappa)
+
+
+@register_attack("cw_l2", "PGD on the Carlini–Wagner margin loss under the L2 projection")
+class CWL2(CWInf):
+    """PGD on the Carlini–Wagner margin loss in the L2 ball (normalised-gradient steps, L2 projection).
+
+    The same arguments as `CWInf`; ε and the step are L2 lengths in pixel units.
+    """
+
+    name = "cw_l2"
+    _norm = "L2"
+
+    @property
+    def label(self) -> str:
+        return f"CW-L2-{self.steps}"
