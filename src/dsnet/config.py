@@ -85,9 +85,15 @@ class DataConfig:
     """Download the dataset when its files are missing."""
     svhn_extra: bool = False
     """Add SVHN's `extra` split to training."""
+    extra_path: str | None = None
+    """An .npz of extra training images (`image` uint8 (N, 32, 32, 3), `label` (N,)), e.g. the generated CIFAR-10
+    sets of Wang et al. 2023; memory-mapped and mixed into every batch (`dsnet.data.extra`)."""
+    extra_fraction: float = 0.7
+    """With `extra_path`: the share of each batch drawn from it (0.7 in Wang et al. 2023)."""
 
     def __post_init__(self) -> None:
         _check(self.val_size >= 0, "data.val_size", "must be >= 0")
+        _check(0 <= self.extra_fraction < 1, "data.extra_fraction", "must be in [0, 1)")
         _check(self.train_subset is None or self.train_subset > 0, "data.train_subset", "must be > 0")
 
 
@@ -147,6 +153,11 @@ class TrainConfig:
     """Show a progress bar (only on a terminal, rank 0)."""
     tensorboard: bool = True
     """Write TensorBoard scalars to `<out>/tensorboard`."""
+    ema_decay: float | None = None
+    """τ of an exponential moving average of the weights (0.995 in Wang et al. 2023, 0.999 in Rebuffi et al. 2021),
+    validated, selected and saved beside the model (`dsnet.training.ema`); None: off."""
+    ema_warmup: float = 0.025
+    """With `ema_decay`: the fraction of all training steps before averaging starts (2.5 % in the reference)."""
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "must be >= 1")
@@ -161,6 +172,8 @@ class TrainConfig:
         _check(self.log_every >= 1, "train.log_every", "must be >= 1")
         _check(self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1, "train.max_steps_per_epoch",
                "must be >= 1")
+        _check(self.ema_decay is None or 0 < self.ema_decay < 1, "train.ema_decay", "must be in (0, 1), or null for off")
+        _check(0 <= self.ema_warmup < 1, "train.ema_warmup", "must be in [0, 1)")
 
 
 _DEFAULT_OBJECTIVE = {"name": "at"}

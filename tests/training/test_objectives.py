@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import dsnet.objectives.base
 import dsnet.objectives.fast_at
 import dsnet.objectives.fat
-from dsnet.attacks.core import sign_gradient_ascent
+from dsnet.attacks.core import gradient_ascent, sign_gradient_ascent
 from dsnet.errors import ConfigError, UnknownNameError
 from dsnet.objectives import (
     OBJECTIVES,
@@ -86,9 +86,11 @@ class Spy:
 
 @pytest.fixture
 def spy_pgd(monkeypatch: pytest.MonkeyPatch) -> Spy:
-    spy = Spy(sign_gradient_ascent)
-    for module in (dsnet.objectives.base, dsnet.objectives.fast_at):  # the two places the attack loop is called
-        monkeypatch.setattr(module, "sign_gradient_ascent", spy)
+    spy = Spy(gradient_ascent)  # the PGD objectives' attack, in their norm
+    fast = Spy(sign_gradient_ascent)  # Fast-AT's FGSM step
+    fast.calls, fast.results = spy.calls, spy.results  # one record of both places the attack loop is called
+    monkeypatch.setattr(dsnet.objectives.base, "gradient_ascent", spy)
+    monkeypatch.setattr(dsnet.objectives.fast_at, "sign_gradient_ascent", fast)
     return spy
 
 

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from dsnet.data.datasets import ImageSplit
+from dsnet.data.extra import ExtraImages, extra_indices
 from dsnet.errors import ConfigError
 
 __all__ = ["DeviceLoader", "augment_batch", "to_float"]
@@ -120,6 +121,10 @@ class DeviceLoader:
         seed: seed of the order and of the augmentation.
         rank: this process's rank.
         world_size: number of processes sharing each epoch.
+        extra: extra (e.g. generated) images mixed into every batch (`dsnet.data.extra`).
+        extra_fraction: the share of each batch taken from `extra`: int(batch_size · fraction) images, drawn
+            with replacement as a function of (seed, epoch, step, rank); the rest come from `split`, whose one
+            pass is still the epoch. Both parts are augmented together.
 
     Raises:
         ConfigError: a setting is out of range or leaves this rank without a batch.
@@ -138,6 +143,8 @@ class DeviceLoader:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        extra: ExtraImages | None = None,
+        extra_fraction: float = 0.0,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
@@ -155,6 +162,12 @@ class DeviceLoader:
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
+        self.extra = extra
+        self.extra_per_batch = int(batch_size * extra_fraction) if extra is not None else 0
+        self.split_per_batch = batch_size - self.extra_per_batch
+        if self.split_per_batch < 1:
+            raise ConfigError(f"data.extra_fraction {extra_fraction} leaves no image of {split.name or 'the split'} "
+                              f"in a batch of {batch_size}; lower it below 1")
         self.epoch = 0
         self.step = 0
         if len(self) == 0:
@@ -165,15 +178,15 @@ class DeviceLoader:
 
     @property
     def num_samples(self) -> int:
-        """Images this rank sees per epoch."""
+        """Images of the split this rank sees per epoch (an epoch is one pass over the split, extra images aside)."""
         n = len(self.split)
         if self.drop_last:
-            return (n // self.world_size) // self.batch_size * self.batch_size
+            return (n // self.world_size) // self.split_per_batch * self.split_per_batch
         return len(range(self.rank, n, self.world_size))
 
     def __len__(self) -> int:
         """Batches per epoch on this rank."""
-        return -(-self.num_samples // self.batch_size)
+        return -(-self.num_samples // self.split_per_batch)
 
     def epoch_indices(self, epoch: int) -> torch.Tensor:
         """This rank's indices into the split for `epoch`, in batch order: (num_samples,) int64 on the CPU."""
@@ -222,10 +235,15 @@ class DeviceLoader:
             self.epoch, self.step = self.epoch + 1, 0
         order = self.epoch_indices(self.epoch).to(self.split.device)
         augment = self.crop or self.flip
+        per_batch = self.split_per_batch
         for step in range(self.step, len(self)):
-            index = order[step * self.batch_size : (step + 1) * self.batch_size]
+            index = order[step * per_batch : (step + 1) * per_batch]
             images = self.split.images.index_select(0, index)
             labels = self.split.labels.index_select(0, index)
+            if self.extra is not None and self.extra_per_batch:
+                rows = extra_indices(len(self.extra), self.extra_per_batch, self.seed, self.epoch, step, self.rank)
+                extra_images, extra_labels = self.extra.batch(rows, self.split.device)
+                images, labels = torch.cat([images, extra_images]), torch.cat([labels, extra_labels])
             if augment:
                 generator = self.batch_generator(step)
                 x = augment_batch(images, crop=self.crop, flip=self.flip, padding=self.padding, generator=generator)

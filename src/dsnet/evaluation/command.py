@@ -77,6 +77,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--normalize", nargs=2, type=_channels, default=None, metavar=("MEAN", "STD"),
                         help="normalise inputs for a model trained on normalised images, e.g. "
                              "0.4914,0.4822,0.4465 0.2471,0.2435,0.2616")
+    source.add_argument("--weights", choices=("auto", "ema", "raw"), default="auto",
+                        help="of a checkpoint trained with train.ema_decay: auto/ema evaluate the weight average "
+                             "(default), raw the trained weights")
     parser.add_argument("--data-dir", required=True, help="dataset folder")
     parser.add_argument("--threat-model", default="Linf", choices=THREAT_MODEL_CHOICES,
                         help="Linf (default), L2, L1, or corruptions (CIFAR-10-C / CIFAR-100-C)")
@@ -139,6 +142,7 @@ def run_eval(args: argparse.Namespace) -> int:
         model_factory=args.model_factory,
         model_kwargs=args.model_kwargs,
         normalize=tuple(args.normalize) if args.normalize else None,
+        weights=args.weights,
         n_examples=args.n_examples,
         subset=args.subset,
         split=args.split,

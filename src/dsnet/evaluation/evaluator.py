@@ -153,6 +153,7 @@ class EvalSettings:
     model_factory: str | None = None
     model_kwargs: Mapping[str, Any] | str | None = None
     normalize: tuple[Sequence[float], Sequence[float]] | None = None
+    weights: str = "auto"
     overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     sanity: bool = True
     sanity_n: int = 128
@@ -166,6 +167,7 @@ class EvalSettings:
         problems.integer("--batch-size", self.batch_size, minimum=1)
         problems.integer("--sanity-n", self.sanity_n, minimum=1)
         problems.integer("--seed", self.seed, minimum=0)
+        problems.choice("--weights", self.weights, ("auto", "ema", "raw"))
         if self.eps is not None:
             problems.number("--eps", self.eps, strict=True)
         if self.n_examples is not None and self.subset is not None:
@@ -296,7 +298,7 @@ class Evaluation:
             self.checkpoint, model_name=s.model_name, dataset=s.dataset, trained_with=s.trained_with,
             device=self.ctx.device, model=self.user_model, model_factory=s.model_factory,
             model_kwargs=dict(s.model_kwargs) if isinstance(s.model_kwargs, Mapping) else s.model_kwargs,
-            normalize=s.normalize)
+            normalize=s.normalize, weights=s.weights)
         self.key = {
             "model_name": self.loaded.model_name, "model_kwargs": self.loaded.model_kwargs,
             "weights_sha256": self.loaded.weights_sha256, "dataset": self.loaded.dataset, "split": s.split,
@@ -559,6 +561,8 @@ def evaluate(checkpoint: str | Path | None = None, data_dir: str | Path | None =
             model_factory: `FILE.py:FUNCTION` or `package.module:FUNCTION` that builds your model.
             model_kwargs: the factory's keyword arguments (a dict, or JSON text).
             normalize: (mean, std), three values each, for a model that expects normalised inputs.
+            weights: for a training checkpoint with a weight average: "auto" (default) and "ema" evaluate the
+                average, "raw" the trained weights.
             overrides: attack name -> settings replacing the preset's (e.g. {"pgd": {"steps": 100}}); recorded in
                 the report, which then calls the evaluation custom.
             sanity: run the ε sweep of the sanity checks (the other checks cost nothing and always run).

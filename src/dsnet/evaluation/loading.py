@@ -35,7 +35,10 @@ import torch.nn as nn
 from dsnet.errors import CheckpointError, ConfigError, UnknownNameError
 from dsnet.runtime.hashing import state_dict_sha256
 
-__all__ = ["LoadedModel", "load_model_for_evaluation"]
+__all__ = ["LoadedModel", "load_model_for_evaluation", "WEIGHT_CHOICES"]
+
+WEIGHT_CHOICES = ("auto", "ema", "raw")
+"""Which weights of a training checkpoint to evaluate: auto (the weight average when there is one), ema, raw."""
 
 logger = logging.getLogger(__name__)
 
@@ -194,6 +197,7 @@ def load_model_for_evaluation(
     model_factory: str | None = None,
     model_kwargs: dict[str, Any] | str | None = None,
     normalize: tuple[Any, Any] | None = None,
+    weights: str = "auto",
 ) -> LoadedModel:
     """Loads a training checkpoint or a tensors-only state dict into its architecture, or readies a user's model.
 
@@ -210,6 +214,8 @@ def load_model_for_evaluation(
         model_factory: `FILE.py:FUNCTION` or `package.module:FUNCTION` that builds your model.
         model_kwargs: the factory's keyword arguments (a dict or JSON text).
         normalize: (mean, std) per channel, for a model that expects normalised inputs.
+        weights: for a training checkpoint with a weight average (`train.ema_decay`): "auto" or "ema" evaluate the
+            average, "raw" the trained weights themselves; "ema" on a checkpoint without one is an error.
 
     Returns:
         The model in fp32 and eval mode, with its metadata.
@@ -244,7 +250,6 @@ def load_model_for_evaluation(
     ours = isinstance(state.get("model"), dict) and "model_name" in state
     config: dict[str, Any] = dict(state.get("config") or {}) if ours else {}
     if ours:
-        weights = state["model"]
         stored_name = str(state["model_name"])
         name = model_name or stored_name
         kwargs = dict(state.get("model_kwargs") or {}) if name == stored_name else {}
@@ -259,7 +264,22 @@ def load_model_for_evaluation(
                 "pass the --dataset it was trained on"
             )
         described = state
+        average = state.get("ema")
+        if weights not in WEIGHT_CHOICES:
+            raise ConfigError(f"--weights must be one of {', '.join(WEIGHT_CHOICES)}, got {weights!r}")
+        if weights == "ema" and not isinstance(average, dict):
+            raise ConfigError(f"{path} holds no weight average (it was trained without train.ema_decay); pass "
+                              "--weights raw or auto")
+        if isinstance(average, dict) and weights != "raw":
+            weights_used = f"weight average (EMA, τ = {average.get('decay')}); --weights raw for the trained weights"
+            described = {**state, "model": average["model"]}
+            weights = average["model"]
+        else:
+            weights_used = "trained weights" + (" (the checkpoint also holds a weight average: --weights ema)"
+                                                if isinstance(average, dict) else "")
+            weights = state["model"]
     else:
+        weights_used = "state dict"
         weights = state.get("state_dict", state)
         if not isinstance(weights, dict) or not weights or not all(
             isinstance(v, torch.Tensor) for v in weights.values()
@@ -293,5 +313,5 @@ def load_model_for_evaluation(
         epoch=int(state["epoch"]) if ours and isinstance(state.get("epoch"), int) else None,
         config=config,
         source={"kind": "dsnet checkpoint" if ours else "state dict", "checkpoint": str(path),
-                "normalize": _normalize_record(normalize)},
+                "weights": weights_used, "normalize": _normalize_record(normalize)},
     )

@@ -422,6 +422,8 @@ def _source_text(source: dict[str, Any]) -> str:
         parts.append(f"{source['factory']} {source.get('kwargs') or ''}".strip())
     if source.get("class"):
         parts.append(str(source["class"]))
+    if source.get("weights"):
+        parts.append(str(source["weights"]))
     if source.get("file_sha256"):
         parts.append(f"file sha256 {str(source['file_sha256'])[:16]}…")
     if source.get("normalize"):

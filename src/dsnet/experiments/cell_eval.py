@@ -19,6 +19,7 @@ import torch
 from dsnet.errors import DsnetError
 from dsnet.experiments.grids import EvalSpec
 from dsnet.experiments.layout import AUTOATTACK_DIR, REPORT_NAME
+from dsnet.runtime.distributed import barrier
 
 __all__ = ["evaluate_cell", "read_report", "read_cell_report"]
 
@@ -58,6 +59,7 @@ def evaluate_cell(
         overrides.pop("autoattack", None)
     evaluate(checkpoint, data_dir, out_dir=out_dir, attacks=attacks, n_examples=spec.n_examples,
              overrides=overrides or None, **common)
+    barrier()  # under torchrun rank 0 writes the reports: the other ranks read them once it has
     return read_cell_report(out_dir)
 
 

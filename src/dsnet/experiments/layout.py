@@ -7,6 +7,8 @@
         eval/<tag>/report.json   one evaluation of train/selected.pt (the tag names attacks, n and a hash)
         eval/<tag>/autoattack/report.json   AutoAttack on the paper's 12.5 % subset, when the spec asks for it
         worker.log       output of the worker process (parallel runs only)
+        job.json         the cluster job last submitted for the cell (`--launcher slurm` only)
+    slurm/               submitit's job folder: <job id>_submission.sh, <job id>_0_log.out/.err, result pickles
     tables/<grid>.md, <grid>.csv (and <grid>.png for figures)
 
 This module is the only one that spells these names; the runner, the aggregation and the status report all
@@ -27,7 +29,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RUNS", "TABLES", "CELL_FILE", "RECIPE_FILE", "TRAIN_DIR", "REPORT_NAME", "AUTOATTACK_DIR", "WORKER_LOG",
-    "cell_dir", "run_dir", "eval_dir", "tables_dir", "training_finished", "cell_state", "CELL_STATES",
+    "JOB_FILE", "JOBS_DIR", "cell_dir", "jobs_dir", "run_dir", "eval_dir", "tables_dir", "training_finished",
+    "cell_state", "CELL_STATES",
 ]
 
 RUNS = "runs"
@@ -38,6 +41,8 @@ TRAIN_DIR = "train"
 REPORT_NAME = "report.json"
 AUTOATTACK_DIR = "autoattack"
 WORKER_LOG = "worker.log"
+JOB_FILE = "job.json"
+JOBS_DIR = "slurm"
 
 CELL_STATES = ("done", "evaluate", "resume", "train", "waiting")
 """A cell is done (evaluated), trained and waiting to be evaluated, resumable (it has a last.pt), to be trained,
@@ -57,6 +62,11 @@ def run_dir(out_dir: str | Path, cell: Cell | str) -> Path:
 def eval_dir(out_dir: str | Path, cell: Cell) -> Path:
     """`<out>/runs/<run_id>/eval/<tag>`."""
     return cell_dir(out_dir, cell) / "eval" / cell.eval.tag
+
+
+def jobs_dir(out_dir: str | Path) -> Path:
+    """`<out>/slurm`, the folder of submitit's job scripts, logs and results."""
+    return Path(out_dir) / JOBS_DIR
 
 
 def tables_dir(out_dir: str | Path) -> Path:

@@ -8,12 +8,19 @@ another run (Table 4's pruned models, Figure 5's learned initialisation) run aft
 
 On a CPU, or on one GPU without `--devices`, cells run one after another in this process. With
 `--devices 0,1,...` each cell runs in its own worker process (`python -m dsnet.experiments.runner CELL_DIR
---data-dir DIR`) with `CUDA_VISIBLE_DEVICES` set to one device, one worker per device at a time.
+--data-dir DIR`) with `CUDA_VISIBLE_DEVICES` set to one device, one worker per device at a time. With
+`--launcher slurm` each cell is a cluster job instead (`dsnet.experiments.cluster`), which runs `run_cell` as the
+worker does.
+
+Under torchrun (or a multi-task cluster job that sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT)
+every rank runs the worker for the same cell: rank 0 takes the cell's lock and writes its recipe, then all ranks
+train and evaluate it together, as `dsnet train` and `dsnet eval` do under torchrun.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -54,6 +61,7 @@ __all__ = [
     "run_cell",
     "check_recipes",
     "worker_command",
+    "worker_logging",
     "main",
 ]
 
@@ -231,7 +239,9 @@ def _derive_recipe(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_cell(path: str | Path, data_dir: str | Path, *, device: str | None = None) -> dict[str, float]:
-    """Trains (or resumes) and evaluates one prepared cell folder.
+    """Trains (or resumes) and evaluates one prepared cell folder, holding its lock (`FolderLock`).
+
+    Under torchrun (WORLD_SIZE > 1) every rank calls it for the same cell and they run it together with DDP.
 
     Args:
         path: the cell folder holding `cell.json`.
@@ -245,16 +255,49 @@ def run_cell(path: str | Path, data_dir: str | Path, *, device: str | None = Non
         DsnetError: a config, data, checkpoint or training error, with a one-line message.
     """
     path = Path(path)
-    with FolderLock(path, "reproduce cell", hint="wait for it to finish, or reproduce into another --out-dir"):
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return _run_distributed_cell(path, data_dir, device)
+    with FolderLock(path, "reproduce cell", hint=_LOCK_HINT):
         return _run_locked_cell(path, data_dir, device)
 
 
-def _run_locked_cell(path: Path, data_dir: str | Path, device: str | None) -> dict[str, float]:
+_LOCK_HINT = "wait for it to finish, or reproduce into another --out-dir"
+
+
+def _run_distributed_cell(path: Path, data_dir: str | Path, device: str | None) -> dict[str, float]:
+    """`run_cell` on every rank of a torchrun-style launch: rank 0 locks the cell and writes its recipe, the others
+    learn whether that worked, then all train and evaluate together (the process group is joined once, here)."""
+    from dsnet.runtime.distributed import gather_objects, setup_distributed, teardown_distributed
+
     payload = json.loads((path / CELL_FILE).read_text())
-    spec = EvalSpec.from_dict(payload["eval"])
-    report = path / "eval" / payload["eval_tag"] / REPORT_NAME
-    if report.is_file():
-        return read_cell_report(report.parent)
+    recipe_device = str(payload["recipe"].get("train", {}).get("device", "auto"))
+    ctx = setup_distributed(device or recipe_device, option="--device" if device else "train.device")
+    lock = FolderLock(path, "reproduce cell", hint=_LOCK_HINT) if ctx.is_main else None
+    try:
+        problem: Exception | None = None
+        if lock is not None:
+            try:
+                lock.acquire()
+                _cell_recipe(path, payload)
+            except Exception as error:  # any failure: the other ranks must hear of it, not wait in gather_objects
+                problem = error
+        rank0 = gather_objects(None if problem is None else str(problem))[0]
+        if problem is not None:
+            raise problem
+        if rank0 is not None:
+            raise DsnetError(f"rank 0 could not start {payload['run_id']}: {rank0}")
+        return _run_locked_cell(path, data_dir, device)
+    finally:
+        if lock is not None:
+            lock.release()
+        if ctx.owns_process_group:
+            gc.collect()  # DDP's reducer must go before its process group (see the trainer's close())
+            teardown_distributed()
+
+
+def _cell_recipe(path: Path, payload: dict[str, Any]) -> dict[str, Any]:
+    """The cell's resolved recipe: its recipe.yaml, or else the cell's recipe (derived from the parent's finished
+    run for a derived cell), which is then written to recipe.yaml."""
     recipe_file = path / RECIPE_FILE
     trained = (path / "train" / "last.pt").is_file()
     recipe = yaml.safe_load(recipe_file.read_text()) if recipe_file.is_file() else None
@@ -265,7 +308,16 @@ def _run_locked_cell(path: Path, data_dir: str | Path, device: str | None) -> di
     if recipe is None:
         recipe = _derive_recipe(payload)
         write_text_atomic(recipe_file, yaml.safe_dump(recipe, sort_keys=False))
-    config = config_from_dict(recipe)
+    return recipe
+
+
+def _run_locked_cell(path: Path, data_dir: str | Path, device: str | None) -> dict[str, float]:
+    payload = json.loads((path / CELL_FILE).read_text())
+    spec = EvalSpec.from_dict(payload["eval"])
+    report = path / "eval" / payload["eval_tag"] / REPORT_NAME
+    if report.is_file():
+        return read_cell_report(report.parent)
+    config = config_from_dict(_cell_recipe(path, payload))
     if device is not None:
         config.train.device = device
     if not sys.stderr.isatty():
@@ -407,6 +459,14 @@ def reproduce(
 
 # ----------------------------------------------------------------------------------------------- worker
 
+def worker_logging() -> None:
+    """Timestamped INFO lines on stderr for a worker process or job; under torchrun only rank 0's (and errors)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if int(os.environ.get("RANK", "0")) != 0:
+        for name in ("", "dsnet"):  # "": this module's logger is __main__ under `python -m`
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Worker entry point: `python -m dsnet.experiments.runner CELL_DIR --data-dir DIR [--device D]`."""
     parser = argparse.ArgumentParser(prog="python -m dsnet.experiments.runner",
@@ -415,7 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-dir", required=True, help="dataset folder")
     parser.add_argument("--device", default=None, help="device (default: cuda when available)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    worker_logging()
     try:
         accuracies = run_cell(args.cell_dir, args.data_dir, device=args.device)
     except DsnetError as error:

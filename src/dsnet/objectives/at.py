@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dsnet.attacks.core import LossFn
 from dsnet.objectives.base import ObjectiveOutput, PGDObjective, ce_attack_loss, register_objective
 
 __all__ = ["PGDAT"]
@@ -22,9 +23,9 @@ class PGDAT(PGDObjective):
 
     name: ClassVar[str] = "at"
 
-    def __call__(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epoch: float, generator: torch.Generator
-    ) -> ObjectiveOutput:
-        x_adv = self._attack(model, x, ce_attack_loss(y), generator)
+    def attack_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> LossFn:
+        return ce_attack_loss(y)
+
+    def outer(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor) -> ObjectiveOutput:
         logits = model(x_adv)
         return ObjectiveOutput(F.cross_entropy(logits, y), logits, y, {})

@@ -27,7 +27,9 @@ own code: a frozen dataclass subclass of `Objective` (or `PGDObjective`) decorat
 from __future__ import annotations
 
 import importlib
+import math
 import pkgutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -35,7 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dsnet.attacks.core import LossFn, eval_mode, sign_gradient_ascent
+from dsnet.attacks.core import LossFn, eval_mode, gradient_ascent
 from dsnet.registry import Registry
 from dsnet.validate import Problems, Settings, build_settings
 
@@ -99,12 +101,14 @@ class ObjectiveOutput:
             for adversarial objectives), from the train-mode forward; for the train accuracy.
         targets: (B,) labels aligned with `logits`.
         metrics: extra detached 0-dim tensors for the logs (no `.item()`, so no host sync).
+        after_step: called by the trainer after the optimiser step (AWP takes its weight perturbation back).
     """
 
     loss: torch.Tensor
     logits: torch.Tensor
     targets: torch.Tensor
     metrics: dict[str, torch.Tensor]
+    after_step: Callable[[], Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -128,15 +132,21 @@ class Objective(Settings):
 
     @property
     def threat_eps(self) -> float:
-        """The L∞ radius this objective trains against (the paper's ε for objectives without an attack)."""
+        """The radius this objective trains against, in its norm (the paper's ε for objectives without an attack)."""
         return float(getattr(self, "eps", PAPER_EPS))
 
+    @property
+    def threat_norm(self) -> str:
+        """The norm of the ball it trains against: "Linf" (the paper's) or "L2"."""
+        return str(getattr(self, "norm", "Linf"))
+
     def validation_attack(self, steps: int) -> Any:
-        """The PGD (step ε/4, uniform start) that training measures robustness with after every epoch."""
+        """The PGD (step ε/4, uniform start, in the objective's norm) that training measures robustness with after
+        every epoch."""
         from dsnet.attacks.gradient import PGD
 
         eps = self.threat_eps
-        return PGD(eps=eps, step_size=eps / 4, steps=steps)
+        return PGD(eps=eps, step_size=eps / 4, steps=steps, norm=self.threat_norm)
 
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epoch: float, generator: torch.Generator
@@ -158,16 +168,26 @@ class Objective(Settings):
 
 @dataclass(frozen=True)
 class PGDObjective(Objective):
-    """Shared attack settings of the PGD-based objectives.
+    """An objective that trains on PGD adversarial examples: the attack, then `outer` on the result.
+
+    A subclass gives `attack_loss` (what the attack maximises) and `outer` (the loss the weights minimise); this
+    class runs the attack in `norm` and, when `awp_gamma` > 0, adversarial weight perturbation around the outer
+    loss (`dsnet.objectives.awp`). An objective with its own attack schedule overrides `__call__` and lists the
+    norms and options it supports in `norms` and `supports_awp`.
 
     Attributes:
-        eps: L-inf radius in pixel units.
-        step_size: α of each sign step.
+        eps: radius of the ball, in pixel units of `norm` (L∞ 0.031 or 8/255; L2 0.5 on CIFAR-10).
+        step_size: α of each step (α·sign(∇) in L∞, α·∇/‖∇‖₂ in L2).
         steps: K, the number of attack steps.
-        start: random start: "uniform" (clipped U(-ε, ε)), "normal" (x + start_std·N(0, I), not clipped before
-            the first forward) or "none".
+        start: random start: "uniform" (in the ε-ball of `norm`), "normal" (x + start_std·N(0, I), not clipped
+            before the first forward) or "none".
         start_std: standard deviation of a "normal" start.
         noise_std: ω, Gaussian noise added after each step (a leftover of the FAT code base that DS-Net keeps).
+        norm: "Linf" (the paper's) or "L2" (adversarial training in the L2 ball, e.g. ε = 0.5, α = ε/4 or 2.5ε/K).
+        awp_gamma: γ of adversarial weight perturbation (Wu et al. 2020; 0.01 for AT and 0.005 for TRADES in the
+            reference); 0 (the default) switches AWP off and leaves training exactly as without it.
+        awp_warmup: epochs trained without AWP before it starts (the reference AT script: 0; its TRADES script,
+            whose `epoch >= 10` counts from 1: 9).
     """
 
     eps: float = PAPER_EPS
@@ -176,6 +196,14 @@ class PGDObjective(Objective):
     start: str = "uniform"
     start_std: float = 1e-3
     noise_std: float = 1e-3
+    norm: str = "Linf"
+    awp_gamma: float = 0.0
+    awp_warmup: int = 0
+
+    norms: ClassVar[tuple[str, ...]] = ("Linf", "L2")
+    """The norms the objective can train in."""
+    supports_awp: ClassVar[bool] = True
+    """Whether `awp_gamma` > 0 is allowed (False for objectives that run their own step, such as FAT)."""
 
     _resolved_later: ClassVar[tuple[str, ...]] = ()
     """Fields that may be None at validation time because `_resolve` fills them in."""
@@ -189,13 +217,44 @@ class PGDObjective(Objective):
         problems.number("start_std", self.start_std)
         if not (self.noise_std is None and "noise_std" in self._resolved_later):
             problems.number("noise_std", self.noise_std)
+        problems.choice("norm", self.norm, self.norms)
+        problems.number("awp_gamma", self.awp_gamma)
+        problems.integer("awp_warmup", self.awp_warmup, minimum=0)
+        if not self.supports_awp and isinstance(self.awp_gamma, (int, float)) and self.awp_gamma > 0:
+            problems.add(f"awp_gamma: {self.name} runs its own training step and has no AWP; use at, trades or "
+                            "mart with AWP")
 
     def _attack(self, model: nn.Module, x: torch.Tensor, loss_fn: LossFn, generator: torch.Generator) -> torch.Tensor:
-        return sign_gradient_ascent(
-            model, x, loss_fn, eps=self.eps, step_size=self.step_size, steps=self.steps,
+        return gradient_ascent(
+            model, x, loss_fn, eps=self.eps, step_size=self.step_size, steps=self.steps, norm=self.norm,
             start=self.start,  # type: ignore[arg-type]
             start_std=self.start_std, noise_std=self.noise_std, generator=generator,
         )
+
+    def attack_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> LossFn:
+        """The per-example loss the attack maximises."""
+        raise NotImplementedError
+
+    def outer(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor) -> ObjectiveOutput:
+        """The loss the weights minimise, from train-mode forwards of `model` on the batch and its attack."""
+        raise NotImplementedError
+
+    def awp_active(self, epoch: float) -> bool:
+        """Whether AWP perturbs the weights at 1-based fractional `epoch` (after `awp_warmup` finished epochs)."""
+        return self.awp_gamma > 0 and math.floor(epoch) - 1 >= self.awp_warmup
+
+    def __call__(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epoch: float, generator: torch.Generator
+    ) -> ObjectiveOutput:
+        x_adv = self._attack(model, x, self.attack_loss(model, x, y), generator)
+        restore = None
+        if self.awp_active(epoch):
+            from dsnet.objectives.awp import perturb_for_step
+
+            restore = perturb_for_step(model, lambda proxy: self.outer(proxy, x, x_adv, y).loss, self.awp_gamma)
+        out = self.outer(model, x, x_adv, y)
+        out.after_step = restore
+        return out
 
 
 @dataclass(frozen=True)
@@ -216,19 +275,12 @@ class CleanAndAdversarialObjective(PGDObjective):
         problems.number("beta", self.beta)
         problems.choice("outer_order", self.outer_order, OUTER_ORDERS)
 
-    def attack_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> LossFn:
-        """The per-example loss the attack maximises."""
-        raise NotImplementedError
-
     def outer_loss(self, logits_nat: torch.Tensor, logits_adv: torch.Tensor,
                    y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The scalar loss and its detached parts, from the clean and adversarial train-mode logits."""
         raise NotImplementedError
 
-    def __call__(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epoch: float, generator: torch.Generator
-    ) -> ObjectiveOutput:
-        x_adv = self._attack(model, x, self.attack_loss(model, x, y), generator)
+    def outer(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor) -> ObjectiveOutput:
         logits_nat, logits_adv = outer_forwards(model, x, x_adv, self.outer_order)
         loss, parts = self.outer_loss(logits_nat, logits_adv, y)
         return ObjectiveOutput(loss, logits_adv, y, parts)

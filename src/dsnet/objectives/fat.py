@@ -158,6 +158,8 @@ class FAT(PGDObjective):
     outer_order: str = "adversarial_first"
 
     _resolved_later: ClassVar[tuple[str, ...]] = ("start", "noise_std")
+    norms: ClassVar[tuple[str, ...]] = ("Linf",)  # its early-stopped attack is FAT's L∞ one
+    supports_awp: ClassVar[bool] = False
 
     def _validate(self, problems: Problems) -> None:
         super()._validate(problems)

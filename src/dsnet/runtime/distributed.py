@@ -25,6 +25,7 @@ __all__ = [
     "DistributedContext",
     "setup_distributed",
     "teardown_distributed",
+    "all_reduce_mean",
     "all_reduce_sum",
     "all_reduce",
     "gather_objects",
@@ -117,6 +118,20 @@ def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
         ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
         dist.all_reduce(tensor, op=ops[op])
     return tensor
+
+
+def all_reduce_mean(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Averages each tensor over all ranks in place, with one collective for the whole list (no-op on one process)."""
+    size = _group_size()
+    if size > 1 and tensors:
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        dist.all_reduce(flat)
+        flat /= size
+        offset = 0
+        for t in tensors:
+            t.copy_(flat[offset:offset + t.numel()].view_as(t))
+            offset += t.numel()
+    return tensors
 
 
 def gather_objects(obj: Any) -> list[Any]:

@@ -33,6 +33,9 @@ def format_epoch_line(row: dict[str, Any]) -> str:
     if row.get("val_clean_acc") is not None:
         parts.append(f"val clean {100 * row['val_clean_acc']:.1f} pgd{row['val_pgd_steps']} "
                      f"{100 * row['val_pgd_acc']:.1f}")
+    if row.get("val_clean_acc_ema") is not None:
+        parts.append(f"average clean {100 * row['val_clean_acc_ema']:.1f} pgd{row['val_pgd_steps']} "
+                     f"{100 * row['val_pgd_acc_ema']:.1f}")
     parts.append(f"{row['images_per_s']:.0f} img/s")
     parts.append(f"{row['epoch_time_s']:.0f} s")
     return " | ".join(parts)

@@ -30,6 +30,7 @@ from dsnet.attacks.base import Attack
 from dsnet.attacks.metrics import clean_flags
 from dsnet.config import RunConfig, config_from_dict, config_to_dict, recipe_differences
 from dsnet.data import DATASETS, DeviceLoader, ImageSplit, load_dataset, to_float, train_val_split
+from dsnet.data.extra import open_extra_images
 from dsnet.errors import CheckpointError, ConfigError, TrainingDivergedError
 from dsnet.models import create_model, split_parameters
 from dsnet.runtime.checkpoint import (
@@ -54,6 +55,7 @@ from dsnet.runtime.lock import FolderLock
 from dsnet.runtime.precision import Precision, resolve_precision
 from dsnet.runtime.records import describe_differences
 from dsnet.training.collapse_guard import CollapseGuard
+from dsnet.training.ema import WeightAverage
 from dsnet.training.fast_path import EagerFallback, compile_regions, resolve_channels_last, resolve_compile
 from dsnet.training.metrics import MetricsWriter, RunLogHandler, format_epoch_line
 from dsnet.training.progress import TrainingProgress
@@ -129,7 +131,8 @@ def training_step(
     epoch: float,
     generator: torch.Generator,
 ) -> Any:
-    """One optimisation step: the objective's loss (attack included) under autocast, backward, every optimiser.
+    """One optimisation step: the objective's loss (attack included) under autocast, backward, every optimiser,
+    then the objective's `after_step` (AWP restores the weights it perturbed).
 
     The trainer's inner loop and `benchmarks/throughput.py` both call this, so the benchmark times the real step.
 
@@ -154,6 +157,8 @@ def training_step(
     for optimizer in optimizers:
         scaler.step(optimizer)
     scaler.update()
+    if out.after_step is not None:  # e.g. AWP takes its weight perturbation back
+        out.after_step()
     return out
 
 
@@ -182,9 +187,11 @@ class _Run:
         torch.manual_seed(config.train.seed)
 
         train_cfg, data_cfg = config.train, config.data
+        num_classes = DATASETS.get(data_cfg.dataset).num_classes
+        # Opened (not read) before the dataset loads, so that a wrong path fails at once.
+        self.extra = open_extra_images(data_cfg.extra_path, num_classes) if data_cfg.extra_path else None
         with local_rank_zero_first(self.ctx):  # one process per machine downloads a missing dataset
             self.train_split, self.val_split = build_training_data(config, data_dir)
-        num_classes = DATASETS.get(data_cfg.dataset).num_classes
         device = self.ctx.device
         self.train_split = self.train_split.to(device)
         if train_cfg.batch_size % self.ctx.world_size:
@@ -195,7 +202,8 @@ class _Run:
                               "training images; lower it or use more data")
         self.loader = DeviceLoader(self.train_split, train_cfg.batch_size // self.ctx.world_size, shuffle=True,
                                    drop_last=True, crop=data_cfg.crop, flip=data_cfg.flip, seed=train_cfg.seed,
-                                   rank=self.ctx.rank, world_size=self.ctx.world_size)
+                                   rank=self.ctx.rank, world_size=self.ctx.world_size, extra=self.extra,
+                                   extra_fraction=data_cfg.extra_fraction)
 
         self.model = create_model(config.model.name, num_classes=num_classes, **config.model.kwargs)
         if self.ctx.distributed and train_cfg.sync_bn:
@@ -203,6 +211,9 @@ class _Run:
         self.channels_last = resolve_channels_last(train_cfg.channels_last, device)
         memory_format = torch.channels_last if self.channels_last else torch.preserve_format
         self.model.to(device=device, memory_format=memory_format)
+        self.ema = (WeightAverage(self.model, train_cfg.ema_decay,
+                                  train_cfg.ema_warmup * train_cfg.epochs * self._steps_per_epoch())
+                    if train_cfg.ema_decay is not None else None)
         network, attention = split_parameters(self.model)
         optim = config.optim
         self.optimizer = torch.optim.SGD(network, lr=optim.lr, momentum=optim.momentum,
@@ -284,6 +295,10 @@ class _Run:
         if root.level == logging.NOTSET or root.level > logging.INFO:
             root.setLevel(logging.INFO)
 
+    def _steps_per_epoch(self) -> int:
+        cap = self.config.train.max_steps_per_epoch
+        return len(self.loader) if cap is None else min(len(self.loader), cap)
+
     def _make_guard(self) -> CollapseGuard:
         generator = torch.Generator().manual_seed(self.config.train.seed)
         n = min(len(self.train_split), self.config.train.batch_size)
@@ -331,6 +346,7 @@ class _Run:
             "model_kwargs": model_kwargs,
             "num_classes": int(getattr(self.model, "num_classes", 0) or 0),
             "model": self.model.state_dict(),
+            **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
             "optimizer": self.optimizer.state_dict(),
             "attention_optimizer": self.attention_optimizer.state_dict() if self.attention_optimizer else None,
             "scaler": self.scaler.state_dict(),
@@ -370,6 +386,8 @@ class _Run:
                                   f"for {self.config.model.name} {self.config.model.kwargs}; resume with the same model")
         changes = self._check_same_recipe(saved, int(state["epoch"]) - 1)
         load_model_state(self.model, state, path=path, expected_name=self.config.model.name)
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.attention_optimizer is not None and state["attention_optimizer"] is not None:
             self.attention_optimizer.load_state_dict(state["attention_optimizer"])
@@ -440,9 +458,7 @@ class _Run:
     def _train_epoch(self) -> dict[str, Any]:
         cfg = self.config.train
         self.model.train()
-        steps_per_epoch = len(self.loader)
-        if cfg.max_steps_per_epoch is not None:
-            steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
+        steps_per_epoch = self._steps_per_epoch()
         if self.loader.step >= steps_per_epoch:  # a checkpoint taken at the end of a shortened epoch
             self.loader.set_epoch(self.loader.epoch + 1)
         device = self.ctx.device
@@ -461,6 +477,8 @@ class _Run:
             out = training_step(self.train_model, self.objective, x, y, optimizers=self._optimizers(),
                                 scaler=self.scaler, precision=self.precision,
                                 epoch=self.epoch + step / steps_per_epoch, generator=self.generator)
+            if self.ema is not None:
+                self.ema.update((self.epoch - 1) * steps_per_epoch + step + 1)
             batch = out.targets.numel()
             totals[0] += out.loss.detach().double() * batch
             totals[1] += (out.logits.detach().argmax(1) == out.targets).sum()
@@ -478,6 +496,8 @@ class _Run:
             if step + 1 >= steps_per_epoch:
                 break
         self.progress.end_epoch()
+        if self.ema is not None:
+            self.ema.take_buffers(self.model)
         elapsed = time.perf_counter() - t0
         all_reduce_sum(totals)
         train_loss = float(totals[0] / totals[2]) if totals[2] > 0 else float("nan")
@@ -501,20 +521,23 @@ class _Run:
     def _validate(self, row: dict[str, Any]) -> None:
         row["val_pgd_steps"] = self.val_attack.steps
         due = self.epoch % self.config.train.eval_every == 0 or self.epoch == self.config.train.epochs
+        models = {"": self.fast_model, **({"_ema": self.ema.model} if self.ema is not None else {})}
         if self.val_split is None or not due:
-            row["val_clean_acc"] = row["val_pgd_acc"] = None
+            for suffix in models:
+                row[f"val_clean_acc{suffix}"] = row[f"val_pgd_acc{suffix}"] = None
             return
         progress = f"validation {self.val_attack.label}" if self.ctx.is_main and self.config.train.progress else None
-        clean, robust = evaluate_robustness(self.fast_model, self.val_split, self.val_attack,
-                                            batch_size=max(self.config.train.batch_size, 64), progress=progress)
-        row["val_clean_acc"], row["val_pgd_acc"] = clean, robust
+        for suffix, model in models.items():
+            clean, robust = evaluate_robustness(model, self.val_split, self.val_attack,
+                                                batch_size=max(self.config.train.batch_size, 64), progress=progress)
+            row[f"val_clean_acc{suffix}"], row[f"val_pgd_acc{suffix}"] = clean, robust
 
     def _select(self, row: dict[str, Any]) -> bool:
         policy = self.config.train.selection
         if policy == "last":
             chosen = True
-        elif policy == "best_val_pgd":
-            score = row.get("val_pgd_acc")
+        elif policy == "best_val_pgd":  # of the weight average when there is one: it is what gets evaluated
+            score = row.get("val_pgd_acc_ema" if self.ema is not None else "val_pgd_acc")
             chosen = score is not None and score > self.best_val_pgd
             if chosen:
                 self.best_val_pgd = score
@@ -583,9 +606,13 @@ class _Run:
         shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in objective.items()
                           if k in ("eps", "step_size", "steps", "beta"))
         parameters = sum(p.numel() for p in self.model.parameters())
+        extra = "" if self.extra is None else (f" + {self.extra.describe()} ({self.loader.extra_per_batch} of each "
+                                               "batch)")
+        extra += "" if self.ema is None else f" | weight average τ {self.ema.decay}"
         return (f"model {self.config.model.name} ({parameters:,} parameters) | objective {objective['name']}"
                 f"{' (' + shown + ')' if shown else ''} | epochs {self.epoch} to {self.config.train.epochs}, "
-                f"{steps} steps each, batch {self.config.train.batch_size} | {len(self.train_split)} training images | "
+                f"{steps} steps each, batch {self.config.train.batch_size} | {len(self.train_split)} training images"
+                f"{extra} | "
                 f"{self.ctx.device}, {self.precision.name}, {self.ctx.world_size} process(es)")
 
     def _check_replicas(self, row: dict[str, Any]) -> None:
