@@ -36,6 +36,9 @@ from dsnet.training.trainer import evaluate_robustness, train
 # (Adam, for the attention) carries it through 4 steps. Measured: 4e-4 (weights), 1e-3 (BN buffers), 1e-4
 # (attention); without synchronised BN the same runs differ by 2.5e-2, 4.3e-2 and 4.5e-3.
 WEIGHT_ATOL = 2e-3
+BUFFER_ATOL = 4e-3
+"""BN running statistics, with AWP on: its normalised direction about doubles DDP's float differences (measured
+2.0e-3; weights 8.5e-4). Perturbing each rank by its own shard's gradient instead gives 1.4e-2 (weights 6.7e-3)."""
 ATTENTION_ATOL = 1e-3
 
 
@@ -53,12 +56,14 @@ def data_300(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _recipe() -> dict:
+    """With AWP and a weight average: under DDP the proxy gradients are averaged, so both ranks apply the
+    perturbation one process computes on the whole batch, and the replicas stay equal."""
     return tiny_recipe(
         model={"name": "dsnet_tiny", "kwargs": {"blocks": ["residual", "dense", "ada_rk"]}},  # no drop-connect
         data={"val_size": 150, "crop": False, "flip": False},
-        objective={"start": "none", "noise_std": 0.0},
+        objective={"start": "none", "noise_std": 0.0, "awp_gamma": 0.01},
         train={"epochs": 2, "batch_size": 16, "max_steps_per_epoch": 2, "selection": "last", "device": "cpu",
-               "compile": False},
+               "compile": False, "ema_decay": 0.9, "ema_warmup": 0.0},
     )
 
 
@@ -78,23 +83,25 @@ def test_torchrun_two_processes_match_one_process(data_300: Path, tmp_path: Path
     one = train(config_from_dict(_recipe()), data_300, tmp_path / "one")
 
     # Same weights, attention weights and BN buffers as one process with the same global batch.
-    a = load_checkpoint(tmp_path / "one" / "last.pt")["model"]
-    b = load_checkpoint(tmp_path / "two" / "last.pt")["model"]
-    assert a.keys() == b.keys()
-    for key in a:
-        if a[key].is_floating_point():
-            atol = ATTENTION_ATOL if key == "attention" else WEIGHT_ATOL
-            assert torch.allclose(a[key], b[key], rtol=0, atol=atol), (key, float((a[key] - b[key]).abs().max()))
-        else:
-            assert torch.equal(a[key], b[key]), key
+    for part in ("model", "ema"):
+        a, b = (load_checkpoint(tmp_path / run / "last.pt")[part] for run in ("one", "two"))
+        a, b = (a, b) if part == "model" else (a["model"], b["model"])
+        assert a.keys() == b.keys()
+        for key in a:
+            if a[key].is_floating_point():
+                atol = ATTENTION_ATOL if key == "attention" else BUFFER_ATOL if "running" in key else WEIGHT_ATOL
+                assert torch.allclose(a[key], b[key], rtol=0, atol=atol), (part, key,
+                                                                           float((a[key] - b[key]).abs().max()))
+            else:
+                assert torch.equal(a[key], b[key]), (part, key)
 
     # The replicas agreed at every epoch end, and the sharded validation saw what one process saw.
     rows = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]  # rank 0 alone wrote them
     assert all(r["replica_divergence"] == 0.0 for r in rows)
-    for mine, theirs in zip(rows, one.history):
-        assert mine["val_clean_acc"] == theirs["val_clean_acc"]
-        assert mine["val_pgd_acc"] == theirs["val_pgd_acc"]
+    for mine, theirs in zip(rows, one.history):  # within one of the 150 points: the weights agree to 1e-3, not
+        for key in ("val_clean_acc", "val_pgd_acc", "val_pgd_acc_ema"):  # bitwise (exact sharding: the next test)
+            assert abs(mine[key] - theirs[key]) <= 1 / 150 + 1e-9, key
         assert mine["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-3)
 
     # Rank 0 alone logged, printed and wrote files.
