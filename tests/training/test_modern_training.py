@@ -142,6 +142,21 @@ def test_awp_perturbation_equals_the_reference_and_leaves_bn_statistics_alone(na
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+def test_awp_of_a_compiled_model_differentiates_its_proxy() -> None:
+    """The trainer compiles blocks in place (`nn.Module.compile`); the proxy, a deep copy, must still run on its
+    own weights and BN buffers, not on the model's (dynamo's "eager" backend wraps the call the same way)."""
+    model = _tiny_net().train()
+    objective = build_objective("at", awp_gamma=0.01)
+    x, y = torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    expected = weight_perturbation(copy.deepcopy(model), lambda m: objective.outer(m, x, x, y).loss)
+    for block in model:
+        block.compile(backend="eager")
+    statistics = model[1].running_mean.clone()
+    got = weight_perturbation(model, lambda m: objective.outer(m, x, x, y).loss)
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+    assert torch.equal(model[1].running_mean, statistics)
+
+
 def test_awp_step_is_the_step_taken_at_the_perturbed_weights_then_restored() -> None:
     """w' = w − lr·∇L(w + γv) for plain SGD: the step is computed at the perturbed point and the perturbation
     taken back after it (AT_AWP/train_cifar10.py: perturb, backward, step, restore)."""
