@@ -43,6 +43,7 @@ from dsnet.runtime.checkpoint import (
 )
 from dsnet.runtime.distributed import (
     all_reduce_sum,
+    barrier,
     broadcast_buffers,
     convert_sync_batchnorm,
     local_rank_zero_first,
@@ -598,6 +599,9 @@ class _Run:
         self.progress.close()
         if self.metrics is not None:
             self.metrics.close()
+        # Rank 0 alone writes the checkpoints: no rank returns before they exist (a caller that evaluates
+        # selected.pt next, as a reproduce cell under DDP does, would otherwise read a file not yet written).
+        barrier()
         return TrainResult(self.out_dir, len(self.history), self.history, self.selected_epoch, stopped)
 
     def _summary(self, steps: int) -> str:
