@@ -4,6 +4,7 @@ against its reference formula, off by default, and resumable exactly."""
 from __future__ import annotations
 
 import copy
+import json
 from collections import OrderedDict
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from dsnet.data import DeviceLoader, ImageSplit
 from dsnet.data.extra import open_extra_images
 from dsnet.errors import ConfigError, DataError
 from dsnet.evaluation import evaluate
+from dsnet.evaluation.export import export_model
 from dsnet.objectives import build_objective
 from dsnet.objectives.awp import weight_perturbation
 from dsnet.runtime.checkpoint import load_checkpoint
@@ -92,6 +94,10 @@ def test_ema_run_validates_saves_and_is_what_eval_evaluates(cifar10_dir: Path, t
     assert report.model["weights_sha256"] == state_dict_sha256(averaged.items())
     assert "weight average" in report.model["source"]["weights"]
     assert "weight average (EMA" in (tmp_path / "eval" / "report.md").read_text()
+    exported = export_model(tmp_path / "full" / "last.pt", tmp_path / "export")
+    spec = json.loads(exported.architecture.read_text())
+    assert spec["weights"]["tensors_sha256"] == report.model["weights_sha256"]  # the average is what is exported
+    assert "weight average" in spec["weights"]["which"]
     raw_report = evaluate(tmp_path / "full" / "last.pt", cifar10_dir, attacks=["pgd"], sanity=False, weights="raw",
                           out_dir=tmp_path / "eval-raw", **FAST)
     assert raw_report.model["weights_sha256"] == state_dict_sha256(raw.items())

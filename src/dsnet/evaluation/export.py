@@ -240,7 +240,7 @@ def export_model(
                   "normalization": {"mean": [0.0] * num_channels, "std": [1.0] * num_channels,
                                     "applied_by": "the model (forward pre-hook)"}},
         "weights": {"file": weights_path.name, "sha256": file_sha256(weights_path), "layout": "{'state_dict': ...}",
-                    "tensors_sha256": loaded.weights_sha256},
+                    "tensors_sha256": loaded.weights_sha256, "which": loaded.source.get("weights")},
         "trained_with": loaded.trained_with,
         "source_checkpoint": str(checkpoint),
         "loader": "dsnet.evaluation.export.load_exported",
