@@ -141,8 +141,10 @@ class CleanLogitPairing(PGDObjective):
     paper_eval_step: ClassVar[float] = 0.005
     weight: float = 0.5
 
-    def __call__(self, model, x, y, *, epoch, generator):
-        x_adv = self._attack(model, x, ce_attack_loss(y), generator)
+    def attack_loss(self, model, x, y):
+        return ce_attack_loss(y)
+
+    def outer(self, model, x, x_adv, y):
         logits_adv, logits_nat = model(x_adv), model(x)
         pairing = (logits_adv - logits_nat).pow(2).sum(dim=1).mean()
         loss = F.cross_entropy(logits_adv, y) + self.weight * pairing
@@ -160,6 +162,12 @@ class CleanLogitPairing(PGDObjective):
     result = train(config, cifar10_dir, tmp_path / "run")
     assert torch.isfinite(torch.tensor(result.final["train_loss"]))
     assert result.final["train_pairing"] >= 0  # the objective's own metric reaches the log
+    # L2 training and AWP come with the base class, through the objective's own outer loss
+    extended = {"name": "clean_logit_pairing", "steps": 1, "norm": "L2", "eps": 0.5, "step_size": 0.125,
+                "awp_gamma": 0.01}
+    result = train(config_from_dict(tiny_recipe(objective=extended, train={"epochs": 1, "max_steps_per_epoch": 2})),
+                   cifar10_dir, tmp_path / "run-l2-awp")
+    assert torch.isfinite(torch.tensor(result.final["train_loss"]))
     assert resolve_preset("paper", "clean_logit_pairing")["pgd"]["step_size"] == 0.005
     with pytest.raises(ConfigError, match="weigth.*did you mean 'weight'"):
         config_from_dict(tiny_recipe(objective={"name": "clean_logit_pairing", "weigth": 1.0}))
