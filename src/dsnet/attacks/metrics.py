@@ -27,6 +27,7 @@ import torch.nn as nn
 
 from dsnet.attacks.base import check_inputs, check_int
 from dsnet.attacks.core import eval_mode
+from dsnet.attacks.norms import perturbation_size
 from dsnet.runtime.distributed import all_reduce, shard_positions
 
 __all__ = ["AttackFn", "AttackRun", "clean_flags", "attack_run", "correct_flags", "accuracy", "robust_flags",
@@ -119,11 +120,10 @@ def perturbation_stats(pairs: list[tuple[torch.Tensor, torch.Tensor]], device: t
     for x, x_adv in pairs:
         if x_adv.numel() == 0:
             continue
-        delta = (x_adv - x).nan_to_num(nan=0.0).flatten(1)
+        delta = (x_adv - x).nan_to_num(nan=0.0)
         finite = x_adv.nan_to_num(nan=0.5)
-        values[0] = torch.maximum(values[0], delta.abs().max().double())
-        values[1] = torch.maximum(values[1], delta.norm(dim=1).max().double())
-        values[2] = torch.maximum(values[2], delta.abs().sum(dim=1).max().double())
+        for i, norm in enumerate(("Linf", "L2", "L1")):
+            values[i] = torch.maximum(values[i], perturbation_size(delta, norm).max().double())
         values[3] = torch.minimum(values[3], finite.min().double())
         values[4] = torch.maximum(values[4], finite.max().double())
         counts[0] += torch.isnan(x_adv).sum()

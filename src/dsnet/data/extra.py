@@ -7,13 +7,12 @@ written by `np.savez` stores its arrays uncompressed, so each one is a contiguou
 file and is mapped here with `np.memmap`: opening costs nothing, and a batch reads only its rows. A compressed
 archive (`np.savez_compressed`) cannot be mapped; the error says how to rewrite it.
 
-Which extra images a batch takes is a pure function of (seed, epoch, step, rank), drawn with replacement as the
-reference sampler does (`torch.randint` over the extra set), so a run resumed mid-epoch takes the same ones.
+Which extra images a batch takes is drawn by `dsnet.data.DeviceLoader`, with replacement as the reference sampler
+does, as a pure function of (seed, epoch, step, rank), so a run resumed mid-epoch takes the same ones.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import struct
 import zipfile
@@ -24,7 +23,7 @@ import torch
 
 from dsnet.errors import DataError
 
-__all__ = ["ExtraImages", "open_extra_images", "extra_indices"]
+__all__ = ["ExtraImages", "open_extra_images"]
 
 _LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # the fixed 30 bytes of a zip local file header
 
@@ -136,11 +135,3 @@ def open_extra_images(path: str | os.PathLike[str], num_classes: int) -> ExtraIm
     if low < 0 or high >= num_classes:
         raise DataError(f"{path}: labels run from {low} to {high}, outside [0, {num_classes}) of the dataset")
     return ExtraImages(path, images, labels, num_classes)
-
-
-def extra_indices(n: int, count: int, *keys: int | str) -> torch.Tensor:
-    """`count` indices in [0, n), with replacement, from a CPU generator seeded by `keys` (seed, epoch, step,
-    rank): the same on every device and after every resume."""
-    digest = hashlib.blake2b(repr(("extra", *keys)).encode(), digest_size=8).digest()
-    generator = torch.Generator().manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
-    return torch.randint(0, n, (count,), generator=generator)

@@ -7,7 +7,8 @@ Everything random is a pure function of `(seed, epoch, step, rank)`:
 - the epoch's order is `randperm(n)` from a CPU generator seeded by `(seed, epoch)`, the same on every rank and
   on every device;
 - the augmentation of batch `step` draws from a generator on the batch's device seeded by
-  `(seed, epoch, step, rank)`.
+  `(seed, epoch, step, rank)`;
+- with extra images, the rows batch `step` takes from them come from a CPU generator seeded the same way.
 So the loader's whole state is `(epoch, step)`, and a run resumed from `state_dict()` sees exactly the batches
 an uninterrupted run would have seen, mid-epoch included. The global RNG is never touched.
 
@@ -26,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from dsnet.data.datasets import ImageSplit
-from dsnet.data.extra import ExtraImages, extra_indices
+from dsnet.data.extra import ExtraImages
 from dsnet.errors import ConfigError
 
 __all__ = ["DeviceLoader", "augment_batch", "to_float"]
@@ -230,6 +231,10 @@ class DeviceLoader:
         generator = torch.Generator(device=self.split.device)
         return generator.manual_seed(_derive_seed(self.seed, "augment", self.epoch, step, self.rank))
 
+    def extra_generator(self, step: int) -> torch.Generator:
+        """The CPU generator that draws batch `step`'s extra rows (with replacement, as the reference sampler)."""
+        return torch.Generator().manual_seed(_derive_seed("extra", self.seed, self.epoch, step, self.rank))
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self.step >= len(self):  # state saved after the last batch of an epoch: the next epoch is due
             self.epoch, self.step = self.epoch + 1, 0
@@ -241,7 +246,7 @@ class DeviceLoader:
             images = self.split.images.index_select(0, index)
             labels = self.split.labels.index_select(0, index)
             if self.extra is not None and self.extra_per_batch:
-                rows = extra_indices(len(self.extra), self.extra_per_batch, self.seed, self.epoch, step, self.rank)
+                rows = torch.randint(0, len(self.extra), (self.extra_per_batch,), generator=self.extra_generator(step))
                 extra_images, extra_labels = self.extra.batch(rows, self.split.device)
                 images, labels = torch.cat([images, extra_images]), torch.cat([labels, extra_labels])
             if augment:

@@ -48,9 +48,9 @@ from dsnet.attacks.base import ATTACKS
 from dsnet.attacks.gradient import PGD
 from dsnet.attacks.metrics import AttackRun, clean_flags
 from dsnet.errors import ConfigError, DataError
-from dsnet.evaluation.loading import LoadedModel, load_model_for_evaluation
+from dsnet.evaluation.loading import WEIGHT_CHOICES, LoadedModel, load_model_for_evaluation
 from dsnet.evaluation.points import PointSelection, select_points
-from dsnet.evaluation.presets import ThreatModel, build_attacks, get_threat_model, resolve_preset
+from dsnet.evaluation.presets import ThreatModel, build_attacks, get_preset, get_threat_model, resolve_preset
 from dsnet.evaluation.report import METRIC_ORDER, AttackOutcome, EvalReport, flags_from_string, flags_to_string
 from dsnet.evaluation.sanity import (
     SWEEP_EPS_FACTORS,
@@ -92,7 +92,7 @@ def resolve_attack_names(names: Iterable[str] | None, preset: str | None = None,
         UnknownNameError: an unknown threat model, preset or attack name (the message lists the valid ones).
     """
     threat = get_threat_model(threat_model)
-    chosen = threat.presets.get(_preset_name(threat, preset))
+    chosen = get_preset(threat, preset)
     if threat.norm is None:
         from dsnet.data.corruptions import CORRUPTIONS, EXTRA_CORRUPTIONS
 
@@ -167,7 +167,7 @@ class EvalSettings:
         problems.integer("--batch-size", self.batch_size, minimum=1)
         problems.integer("--sanity-n", self.sanity_n, minimum=1)
         problems.integer("--seed", self.seed, minimum=0)
-        problems.choice("--weights", self.weights, ("auto", "ema", "raw"))
+        problems.choice("--weights", self.weights, WEIGHT_CHOICES)
         if self.eps is not None:
             problems.number("--eps", self.eps, strict=True)
         if self.n_examples is not None and self.subset is not None:
@@ -184,7 +184,7 @@ class EvalSettings:
                          "0.25,0.24,0.26")
         problems.raise_if_any()
         object.__setattr__(self, "threat_model", threat.name)
-        object.__setattr__(self, "preset", _preset_name(threat, self.preset))
+        object.__setattr__(self, "preset", get_preset(threat, self.preset).name)
         object.__setattr__(self, "overrides", {k: dict(v or {}) for k, v in dict(self.overrides or {}).items()})
         object.__setattr__(self, "device", "auto" if self.device is None else str(self.device))
         object.__setattr__(self, "attacks", tuple(resolve_attack_names(self.attacks, self.preset, threat.name)))
@@ -208,13 +208,6 @@ class EvalSettings:
     def attack_names(self) -> list[str]:
         """The attacks (corruptions, for the corruptions threat model) to run, without "clean"."""
         return [name for name in self.attacks if name != "clean"]  # type: ignore[union-attr]
-
-
-def _preset_name(threat: ThreatModel, preset: str | None) -> str:
-    name = threat.default_preset if preset is None else preset
-    if name not in threat.presets:
-        raise unknown_name(f"{threat.name} preset", name, threat.presets.names())
-    return name
 
 
 def _versions() -> dict[str, str]:

@@ -151,6 +151,11 @@ def _ready(model: nn.Module, num_classes: int, dataset: str, device: torch.devic
     return model
 
 
+def _is_state_dict(weights: Any) -> bool:
+    """A non-empty mapping of names to tensors (bare, or the value of a checkpoint's "state_dict")."""
+    return isinstance(weights, dict) and bool(weights) and all(isinstance(v, torch.Tensor) for v in weights.values())
+
+
 def _user_model(model: nn.Module, source: dict[str, Any], checkpoint: str | Path | None, dataset: str | None,
                 trained_with: str | None, device: torch.device | str,
                 normalize: tuple[Any, Any] | None) -> LoadedModel:
@@ -165,8 +170,7 @@ def _user_model(model: nn.Module, source: dict[str, Any], checkpoint: str | Path
     if path is not None:
         state = load_checkpoint(path, map_location="cpu")
         weights = state.get("state_dict", state.get("model", state))
-        if not isinstance(weights, dict) or not weights or not all(isinstance(v, torch.Tensor)
-                                                                   for v in weights.values()):
+        if not _is_state_dict(weights):
             raise CheckpointError(f"{path} holds no tensors-only state dict (bare, or as {{'state_dict': ...}})")
         load_model_state(model, weights, path=path, expected_name=name)
         source = {**source, "checkpoint": str(path)}
@@ -281,9 +285,7 @@ def load_model_for_evaluation(
     else:
         weights_used = "state dict"
         weights = state.get("state_dict", state)
-        if not isinstance(weights, dict) or not weights or not all(
-            isinstance(v, torch.Tensor) for v in weights.values()
-        ):
+        if not _is_state_dict(weights):
             raise CheckpointError(
                 f"{path} holds neither a dsnet training checkpoint nor a tensors-only state dict; "
                 "pass a file written by `dsnet train` or `dsnet export`"

@@ -37,7 +37,7 @@ from dsnet.errors import ConfigError
 from dsnet.registry import Registry, suggest, unknown_name
 
 __all__ = ["Preset", "PRESETS", "ThreatModel", "THREAT_MODELS", "get_threat_model", "PAIRED_STEP",
-           "DEFAULT_ATTACKS", "trained_with_names", "resolve_preset", "build_attacks", "preset_eps"]
+           "DEFAULT_ATTACKS", "trained_with_names", "resolve_preset", "build_attacks", "get_preset"]
 
 PAIRED_STEP = "paired with the training objective"
 """Stands for the step the paper pairs with the model's training objective (`Objective.paper_eval_step`)."""
@@ -186,16 +186,17 @@ def get_threat_model(name: str | ThreatModel) -> ThreatModel:
     return THREAT_MODELS.get(key)
 
 
-def _preset(threat: ThreatModel, preset: str | None) -> Preset:
+def get_preset(threat_model: str | ThreatModel, preset: str | None) -> Preset:
+    """The preset called `preset` of a threat model; None for the threat model's default.
+
+    Raises:
+        UnknownNameError: for an unknown threat model or preset, with the valid ones.
+    """
+    threat = get_threat_model(threat_model)
     name = threat.default_preset if preset is None else preset
     if name not in threat.presets:
         raise unknown_name(f"{threat.name} preset", name, threat.presets.names())
     return threat.presets.get(name)
-
-
-def preset_eps(preset: str | None, threat_model: str | ThreatModel = "Linf") -> float:
-    """The ε of a preset."""
-    return _preset(get_threat_model(threat_model), preset).eps
 
 
 def trained_with_names() -> list[str]:
@@ -225,7 +226,7 @@ def resolve_preset(preset: str | None, trained_with: str, threat_model: str | Th
     from dsnet.objectives import OBJECTIVES
 
     threat = get_threat_model(threat_model)
-    chosen = _preset(threat, preset)
+    chosen = get_preset(threat, preset)
     if trained_with not in OBJECTIVES:
         raise unknown_name("training objective", trained_with, OBJECTIVES.names())
     paired = OBJECTIVES.get(trained_with).paper_eval_step
@@ -274,7 +275,7 @@ def build_attacks(
     if threat.norm is None:
         raise ConfigError(f"the {threat.name} threat model runs no attacks")
     settings = resolve_preset(preset, trained_with, threat, eps)
-    chosen = _preset(threat, preset)
+    chosen = get_preset(threat, preset)
     names = list(threat.default_attacks if names is None else names)
     for name in names:
         if name not in settings:  # a registered attack the preset does not list

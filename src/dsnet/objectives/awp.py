@@ -42,14 +42,11 @@ _PROXIES: weakref.WeakKeyDictionary[nn.Module, nn.Module] = weakref.WeakKeyDicti
 
 
 def innermost_module(model: nn.Module) -> nn.Module:
-    """The module under DDP (`.module`) and dsnet's eager-fallback wrapper (`.model`): the one owning the weights."""
-    while True:
-        inner = getattr(model, "module", None)
-        if not isinstance(inner, nn.Module):
-            inner = model.model if type(model).__name__ == "EagerFallback" else None
-        if not isinstance(inner, nn.Module):
-            return model
-        model = inner
+    """The module under the wrappers that name it `.module` (DDP, DataParallel, dsnet's `EagerFallback`): the one
+    owning the weights."""
+    while isinstance(getattr(model, "module", None), nn.Module):
+        model = model.module
+    return model
 
 
 def perturbed_weights(model: nn.Module) -> list[tuple[str, nn.Parameter]]:

@@ -47,16 +47,15 @@ class WeightAverage:
         self.warmup_steps = float(warmup_steps)
         self.model = copy.deepcopy(model).eval()
         self.model.requires_grad_(False)
-        self._pairs = list(zip(self.model.parameters(), model.parameters()))
+        self._averaged = list(self.model.parameters())
+        self._current = [p.detach() for p in model.parameters()]  # views: they follow the optimiser's in-place steps
 
     @torch.no_grad()
     def update(self, step: int) -> None:
         """θ̄ <- d·θ̄ + (1 − d)·θ after optimiser step `step` (1-based over the run)."""
         d = ema_decay_at(step, self.decay, self.warmup_steps)
-        averaged = [a for a, _ in self._pairs]
-        current = [p.detach() for _, p in self._pairs]
-        torch._foreach_mul_(averaged, d)
-        torch._foreach_add_(averaged, current, alpha=1.0 - d)
+        torch._foreach_mul_(self._averaged, d)
+        torch._foreach_add_(self._averaged, self._current, alpha=1.0 - d)
 
     @torch.no_grad()
     def take_buffers(self, model: nn.Module) -> None:

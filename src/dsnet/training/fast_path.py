@@ -131,23 +131,23 @@ class EagerFallback(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.model = model
+        self.module = model  # `.module`, as DDP names what it wraps (`dsnet.objectives.awp.innermost_module`)
         self.fell_back = False
 
     @property
     def compiled(self) -> bool:
-        return not self.fell_back and _is_compiled(self.model)
+        return not self.fell_back and _is_compiled(self.module)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        if self.fell_back or not _is_compiled(self.model):
-            return self.model(*args, **kwargs)
+        if self.fell_back or not _is_compiled(self.module):
+            return self.module(*args, **kwargs)
         try:
             with _backward_compiled_with_forward():
-                return self.model(*args, **kwargs)
+                return self.module(*args, **kwargs)
         except Exception as error:  # noqa: BLE001 - any compiler failure; eager reproduces real model errors
-            uncompile(self.model)
+            uncompile(self.module)
             self.fell_back = True
-            out = self.model(*args, **kwargs)
+            out = self.module(*args, **kwargs)
             first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
             logger.warning("torch.compile failed (%s: %s); continuing in eager mode (set train.compile=false to "
                            "skip compiling)", type(error).__name__, first_line[:300])

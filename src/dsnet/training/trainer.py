@@ -550,7 +550,7 @@ class _Run:
 
     def run(self) -> TrainResult:
         cfg = self.config.train
-        steps = len(self.loader) if cfg.max_steps_per_epoch is None else min(len(self.loader), cfg.max_steps_per_epoch)
+        steps = self._steps_per_epoch()
         self.progress = TrainingProgress(enabled=self.ctx.is_main and cfg.progress, epochs=cfg.epochs,
                                          steps_per_epoch=steps, first_epoch=self.epoch)
         if self.ctx.is_main and self.epoch <= cfg.epochs:
