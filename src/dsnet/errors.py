@@ -17,6 +17,8 @@ __all__ = [
     "WriteError",
     "DiskFullError",
     "FolderInUseError",
+    "OverwriteError",
+    "NonFiniteError",
 ]
 
 
@@ -54,3 +56,11 @@ class DiskFullError(WriteError):
 
 class FolderInUseError(DsnetError, RuntimeError):
     """Another dsnet process holds the lock of a run or evaluation folder."""
+
+
+class OverwriteError(DsnetError, FileExistsError):
+    """A command would replace a file that another command, or a person, wrote (`dsnet.runtime.ownership`)."""
+
+
+class NonFiniteError(DsnetError, ArithmeticError):
+    """NaN or infinite values where a number is needed: weights, logits, a normalisation or an attack's loss."""

@@ -46,9 +46,9 @@ for _name, _builder in (("logit_scaled_tiny", _logit_scaled), ("input_rounded_ti
         register_model(_name, _builder, ModelInfo(family="test", tiny=True, note="a gradient-masked dsnet_tiny"))
 
 
-def _recipe(objective: dict) -> dict:
+def _recipe(objective: dict, lr: float) -> dict:
     return {"model": {"name": "dsnet_tiny"}, "data": {"dataset": "cifar10", "val_size": 40, "download": False},
-            "objective": objective, "optim": {"lr": 0.2},
+            "objective": objective, "optim": {"lr": lr},
             "schedule": {"name": "piecewise", "milestones": [3], "factors": [0.1]},
             "train": {"epochs": 3, "batch_size": 32, "progress": False, "tensorboard": False, "val_pgd_steps": 2}}
 
@@ -56,10 +56,12 @@ def _recipe(objective: dict) -> dict:
 @pytest.fixture(scope="module")
 def checkpoints(cifar10_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = {}
-    for name, objective in (("standard", {"name": "standard"}),
-                            ("at", {"name": "at", "eps": 0.031, "step_size": 0.015, "steps": 2})):
+    # AT at lr 0.05 (the tiny recipe's): at 0.2 it barely learns (37 % clean), and CE and margin then disagree on
+    # which of its few robust points can be broken, as they may for a model that knows little.
+    for name, objective, lr in (("standard", {"name": "standard"}, 0.2),
+                                ("at", {"name": "at", "eps": 0.031, "step_size": 0.015, "steps": 2}, 0.05)):
         run = tmp_path_factory.mktemp(name)
-        train(config_from_dict(_recipe(objective)), cifar10_dir, run)
+        train(config_from_dict(_recipe(objective, lr)), cifar10_dir, run)
         out[name] = run / "selected.pt"
     return out
 

@@ -281,7 +281,7 @@ def test_a_module_from_python_with_normalisation_and_the_l2_threat_model(
         assert torch.equal(given.outcome(name).flags, inside.outcome(name).flags)
     with pytest.raises(ConfigError, match="pass --dataset"):
         evaluate(model=net, data_dir=cifar10_dir, out_dir=tmp_path / "z")
-    with pytest.raises(ConfigError, match=r"returns \(1, 7\) for one image, but cifar10 needs \(1, 10\) logits"):
+    with pytest.raises(ConfigError, match=r"returns \(4, 7\) for a batch of 4 images, but cifar10 needs \(4, 10\)"):
         evaluate(model=nn.Sequential(nn.Flatten(), nn.Linear(3072, 7)), dataset="cifar10", data_dir=cifar10_dir,
                  out_dir=tmp_path / "z")
     with pytest.raises(CheckpointError, match="holds no tensors-only state dict"):

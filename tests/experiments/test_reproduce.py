@@ -63,6 +63,11 @@ def test_miniature_table2_renders_mean_std_beside_the_paper(table2_mini) -> None
 
 
 def test_rerun_skips_finished_cells(table2_mini, cifar10_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A finished cell is neither trained nor attacked again: its evaluation is reopened, which checks its content
+    key and reuses every stored result."""
+    import dsnet.attacks.metrics
+    import dsnet.evaluation.evaluator
+
     out, _ = table2_mini
     stamp = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*.pt")}
 
@@ -70,11 +75,14 @@ def test_rerun_skips_finished_cells(table2_mini, cifar10_dir: Path, monkeypatch:
         raise AssertionError("a finished cell was run again")
 
     monkeypatch.setattr(runner, "train", refuse)
-    monkeypatch.setattr(runner, "evaluate_cell", refuse)
+    monkeypatch.setattr(dsnet.evaluation.evaluator, "clean_flags", refuse)
+    monkeypatch.setattr(dsnet.attacks.metrics, "attack_run", refuse)
     result = reproduce("table2", out_dir=out, data_dir=cifar10_dir, **KW)
     assert result.ran == [] and result.failed == {}
     assert {p.state for p in result.plan} == {"done"}
     assert {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*.pt")} == stamp
+    for report in (out / "runs").rglob("report.json"):
+        assert all(attack["resumed"] for attack in json.loads(report.read_text())["attacks"].values())
 
 
 def _cells(**changes) -> dict[str, runner.Cell]:

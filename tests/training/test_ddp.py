@@ -111,7 +111,7 @@ def test_torchrun_two_processes_match_one_process(data_300: Path, tmp_path: Path
     log = (tmp_path / "two" / "train.log").read_text()
     assert log.count("epoch 1 |") == 1 and "2 process(es)" in log
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(
-        [".lock", "config.yaml", "train.log", "metrics.jsonl", "last.pt", "selected.pt"])
+        [".lock", ".dsnet-files.json", "config.yaml", "train.log", "metrics.jsonl", "last.pt", "selected.pt"])
 
 
 def _free_port() -> int:

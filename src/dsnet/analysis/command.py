@@ -48,9 +48,12 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_analyze(args: argparse.Namespace) -> int:
     """Runs one analysis from parsed arguments and prints where its files went."""
+    from dsnet.analysis.common import check_outputs
+
     name = args.name or args.kind
     if args.kind != "attention" and args.data_dir is None:
         raise ConfigError(f"dsnet analyze {args.kind} needs --data-dir (the images the model is probed with)")
+    check_outputs(args.out_dir, name)  # before any model is loaded
     if args.kind == "attention":
         from dsnet.analysis.attention import analyze_attention
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -21,6 +22,7 @@ __all__ = [
     "read_metrics",
     "sample_batches",
     "write_csv",
+    "check_outputs",
     "new_figure",
     "save_figure",
 ]
@@ -107,16 +109,30 @@ def sample_batches(
     return batches
 
 
-def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
-    """Writes a CSV file with a header row; floats keep full precision."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(list(header))
-        for row in rows:
-            writer.writerow(list(row))
-    return path
+ANALYZE_WRITER = "dsnet analyze"
+_HINT = "choose another --out-dir or --name"
+
+
+def check_outputs(out_dir: str | Path, name: str, writer: str = ANALYZE_WRITER) -> None:
+    """Refuses, before any work, outputs `<name>.png` / `<name>.csv` that would replace another command's or a
+    person's files (`dsnet.runtime.ownership`)."""
+    from dsnet.runtime.ownership import FolderFiles
+
+    FolderFiles(out_dir).check([f"{name}.png", f"{name}.csv"], writer, hint=_HINT)
+
+
+def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[Any]], *,
+              writer: str = ANALYZE_WRITER) -> Path:
+    """Writes a CSV file with a header row, atomically, as a file of `writer`; floats keep full precision."""
+    from dsnet.runtime.ownership import write_owned
+
+    text = io.StringIO(newline="")
+    table = csv.writer(text)
+    table.writerow(list(header))
+    for row in rows:
+        table.writerow(list(row))
+    data = text.getvalue().encode("utf-8")
+    return write_owned(path, lambda handle: handle.write(data), writer, hint=_HINT)
 
 
 def new_figure(width: float = 6.0, height: float = 4.0) -> Any:
@@ -127,10 +143,11 @@ def new_figure(width: float = 6.0, height: float = 4.0) -> Any:
     return figure
 
 
-def save_figure(figure: Any, path: str | Path, dpi: int = 200) -> Path:
-    """Saves `figure` as PNG."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=dpi, bbox_inches="tight", format="png")
+def save_figure(figure: Any, path: str | Path, dpi: int = 200, *, writer: str = ANALYZE_WRITER) -> Path:
+    """Saves `figure` as PNG, atomically, as a file of `writer`."""
+    from dsnet.runtime.ownership import write_owned
+
+    path = write_owned(path, lambda handle: figure.savefig(handle, dpi=dpi, bbox_inches="tight", format="png"),
+                       writer, hint=_HINT)
     logger.info("wrote %s", path)
     return path

@@ -58,7 +58,7 @@ from dsnet.runtime.files import save_torch_atomic
 from dsnet.runtime.hashing import tensors_sha256
 from dsnet.runtime.records import SAVED_NOW, differences
 
-__all__ = ["AutoAttack", "AutoAttackResult", "AUTOATTACK_VERSIONS", "AUTOATTACK_NORMS"]
+__all__ = ["AutoAttack", "AutoAttackResult", "AUTOATTACK_VERSIONS", "AUTOATTACK_NORMS", "STATE_FILES"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +70,8 @@ AUTOATTACK_NORMS = ("Linf", "L2", "L1")
 _REFERENCE_LOGGER = "auto-attack"
 _STATE_FORMAT = "dsnet-autoattack-state/1"
 _STATE_FILE = "autoattack-state.rank{rank}of{world}.pt"
+STATE_FILES = "autoattack-state.rank*of*.pt"
+"""The names of the per-process resume files in an evaluation folder (a pattern)."""
 
 
 def _reference() -> ModuleType:
@@ -196,7 +198,7 @@ class AutoAttackResult:
     @property
     def robust_accuracy(self) -> float:
         """Fraction of points that survive every attack: the number to report."""
-        return float(self.robust.float().mean().item())
+        return int(self.robust.sum()) / self.robust.numel()
 
     @property
     def stage_accuracies(self) -> list[float]:
@@ -579,10 +581,15 @@ class AutoAttack(Attack):
     def _clean_pass(self, aa: Any, x: torch.Tensor, y: torch.Tensor, device: torch.device, state: _State) -> None:
         n = x.shape[0]
         clean = torch.zeros(n, dtype=torch.bool, device=x.device)
-        for start in range(0, n, self.batch_size):
+        from dsnet.attacks.metrics import check_finite_batch
+
+        for number, start in enumerate(range(0, n, self.batch_size)):
             x_batch = x[start : start + self.batch_size].clone().to(device)
             y_batch = y[start : start + self.batch_size].clone().to(device)
-            predicted = aa.get_logits(x_batch).max(dim=1)[1]
+            logits = aa.get_logits(x_batch)
+            check_finite_batch("logits (AutoAttack's clean pass)", logits, number,
+                               torch.arange(start, start + x_batch.shape[0]))
+            predicted = logits.max(dim=1)[1]
             clean[start : start + self.batch_size] = y_batch.eq(predicted).to(x.device)
         state.clean = clean
         state.robust = clean.clone()
@@ -602,6 +609,8 @@ class AutoAttack(Attack):
         started: float,
     ) -> None:
         """Each remaining stage on the points still robust, batch by batch, saving after every batch."""
+        from dsnet.attacks.metrics import check_finite_batch
+
         assert state.robust is not None and state.fallen_at is not None
         n = x.shape[0]
         for number, stage in enumerate(stages, start=1):
@@ -622,7 +631,10 @@ class AutoAttack(Attack):
                 x_batch = x[points].clone().to(device)
                 y_batch = y[points].clone().to(device)
                 adversarial = _STAGE_RUNNERS[stage](aa, x_batch, y_batch)
-                predicted = aa.get_logits(adversarial).max(dim=1)[1]
+                check_finite_batch(f"adversarial images of AutoAttack's {stage}", adversarial, batch, points)
+                logits = aa.get_logits(adversarial)
+                check_finite_batch(f"logits of AutoAttack's {stage} images", logits, batch, points)
+                predicted = logits.max(dim=1)[1]
                 fooled = ~y_batch.eq(predicted)
                 broken = points[fooled.to(points.device)]
                 state.robust[broken] = False

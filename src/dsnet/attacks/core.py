@@ -158,7 +158,12 @@ def gradient_ascent(
         for _ in range(steps):
             x_adv.requires_grad_(True)
             loss = loss_fn(model(x_adv), x_adv).sum()
-            (grad,) = torch.autograd.grad(loss, x_adv)
+            if loss.requires_grad:
+                (grad,) = torch.autograd.grad(loss, x_adv, allow_unused=True)
+            else:  # a model whose output ignores its input: no direction to follow (it gets a report warning)
+                grad = None
+            if grad is None:
+                grad = torch.zeros_like(x_adv)
             x_adv = x_adv.detach() + ball.step(grad, step_size)
             if noise_std > 0:
                 x_adv += noise_std * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)

@@ -13,6 +13,12 @@ per-point results are summed across processes, and every process returns the ful
 Everything runs in fp32 with autocast off, whatever context the caller is in, because low-precision logits can
 mask gradients. Images may be uint8 (converted per batch, so a whole test set stays small on the device) or
 float in [0, 1]; each batch goes to the model's device.
+
+A NaN never becomes a number: the argmax of NaN logits is a fixed class, so a model that returns NaN would score
+a plausible few per cent, and an attack whose iterate turned NaN would look like a failed attack. The logits of
+every batch and the adversarial points are checked once per batch (a sync that the flags need anyway), and the
+first non-finite value stops the loop with a `NonFiniteError` that names the batch and its points. NaN gradients
+reach the iterate (`dsnet.attacks.norms`), so a NaN loss inside an attack is caught here too.
 """
 
 from __future__ import annotations
@@ -28,10 +34,11 @@ import torch.nn as nn
 from dsnet.attacks.base import check_inputs, check_int
 from dsnet.attacks.core import eval_mode
 from dsnet.attacks.norms import perturbation_size
+from dsnet.errors import NonFiniteError
 from dsnet.runtime.distributed import all_reduce, shard_positions
 
 __all__ = ["AttackFn", "AttackRun", "clean_flags", "attack_run", "correct_flags", "accuracy", "robust_flags",
-           "world", "perturbation_stats"]
+           "world", "perturbation_stats", "check_finite_batch"]
 
 AttackFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 """attack(model, x, y) -> x_adv; every `dsnet.attacks.Attack` is one."""
@@ -54,7 +61,7 @@ class AttackRun:
 
     @property
     def accuracy(self) -> float:
-        return float(self.flags.float().mean()) if self.flags.numel() else float("nan")
+        return int(self.flags.sum()) / self.flags.numel() if self.flags.numel() else float("nan")
 
 
 def world() -> tuple[int, int]:
@@ -103,6 +110,21 @@ def _batches(positions: torch.Tensor, batch_size: int, progress: str | None) -> 
     finally:
         if bar is not None:
             bar.close()
+
+
+def check_finite_batch(what: str, values: torch.Tensor, batch: int, points: torch.Tensor) -> None:
+    """Raises `NonFiniteError` when `values` hold a NaN or an infinity.
+
+    Args:
+        what: what the values are, e.g. "logits" or "adversarial images".
+        values: the batch's tensor.
+        batch: the batch's number on this process (0-based).
+        points: the positions of the batch's points in the evaluated set.
+    """
+    if not bool(torch.isfinite(values).all()):
+        first, last = int(points.min()), int(points.max())
+        raise NonFiniteError(f"NaN or infinite {what} on batch {batch + 1} (evaluated points {first}..{last}); check "
+                             "the model's weights, its normalisation and its forward pass")
 
 
 def perturbation_stats(pairs: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device,
@@ -161,10 +183,12 @@ def clean_flags(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
     positions = shard_positions(n, rank, size, batch_size)
     local = torch.zeros(positions.numel(), dtype=torch.bool, device=device)
     with eval_mode(model), torch.no_grad(), torch.autocast(device_type=device.type, enabled=False):
-        for start, batch in _batches(positions, batch_size, progress):
+        for number, (start, batch) in enumerate(_batches(positions, batch_size, progress)):
             index = batch.to(images.device)
             x, y = _as_float(images[index].to(device)), labels[index].to(device)
-            local[start : start + batch.numel()] = model(x).argmax(dim=1) == y
+            logits = model(x)
+            check_finite_batch("logits", logits, number, batch)
+            local[start : start + batch.numel()] = logits.argmax(dim=1) == y
     return _gather(local, positions, n, device).bool()
 
 
@@ -196,12 +220,16 @@ def attack_run(model: nn.Module, attack: AttackFn, images: torch.Tensor, labels:
     local = torch.zeros(positions.numel(), dtype=torch.bool, device=device)
     pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
     with eval_mode(model), torch.autocast(device_type=device.type, enabled=False):
-        for start, batch in _batches(positions, batch_size, progress):
+        for number, (start, batch) in enumerate(_batches(positions, batch_size, progress)):
             index = todo[batch].to(images.device)
             x, y = _as_float(images[index].to(device)), labels[index].to(device)
             x_adv = attack(model, x, y)
+            check_finite_batch("adversarial images (the attack's loss or gradient was NaN)", x_adv, number,
+                               todo[batch])
             with torch.no_grad():
-                local[start : start + batch.numel()] = model(x_adv).argmax(dim=1) == y
+                logits = model(x_adv)
+                check_finite_batch("logits of the adversarial images", logits, number, todo[batch])
+                local[start : start + batch.numel()] = logits.argmax(dim=1) == y
             pairs.append((x, x_adv.detach()))
     eps = float(getattr(attack, "eps", float("nan")))
     return AttackRun(_gather(local, todo[positions], n, device).bool(), perturbation_stats(pairs, device, eps))
@@ -226,7 +254,7 @@ def correct_flags(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
     """Clean accuracy in [0, 1] (see `correct_flags`); nan for an empty set."""
     flags = correct_flags(model, x, y, batch_size)
-    return flags.float().mean().item() if flags.numel() else float("nan")
+    return int(flags.sum()) / flags.numel() if flags.numel() else float("nan")
 
 
 def robust_flags(

@@ -66,9 +66,13 @@ class Norm:
         return (x + direction * _view(radius, x)).clamp_(0.0, 1.0)
 
     def step(self, grad: torch.Tensor, step_size: float) -> torch.Tensor:
-        """The ascent step of size `step_size` along `grad`: α·sign(∇) (L∞) or α·∇/‖∇‖₂ (L2)."""
+        """The ascent step of size `step_size` along `grad`: α·sign(∇) (L∞) or α·∇/‖∇‖₂ (L2).
+
+        A NaN gradient gives a NaN step: sign(NaN) is 0 in torch, which would turn a broken loss into an attack that
+        quietly never moves; a NaN iterate is caught by the robust-flags loop instead (`dsnet.attacks.metrics`).
+        """
         if self.name == "Linf":
-            return step_size * grad.sign()
+            return torch.where(torch.isnan(grad), grad, step_size * grad.sign())
         return grad * _view(step_size / grad.flatten(1).norm(dim=1).clamp_min(_TINY), grad)
 
     def project(self, x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:

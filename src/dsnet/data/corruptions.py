@@ -172,10 +172,15 @@ def load_corrupted(
     if severity not in SEVERITIES:
         raise ConfigError(f"corruption severity must be one of 1, 2, 3, 4, 5, got {severity!r}")
     base = Path(root).expanduser()
-    if entry.missing(base, (corruption,)):
+    if missing := entry.missing(base, (corruption,)):
+        present = (base / entry.folder).is_dir() and any((base / entry.folder).glob("*.npy"))
+        if present:  # a lost file in an unpacked folder: name it, rather than fetch 2.9 GB and blame the network
+            raise DataError(f"{entry.name}: missing {missing[0]}, though {base / entry.folder} holds other files "
+                            f"of the set; copy it back from {entry.archive.filename}, or delete the folder and run "
+                            f"`dsnet download {entry.name} --data-dir {base}` (2.9 GB)")
         if not download:
-            raise DataError(f"{entry.name}: missing {entry.missing(base, (corruption,))[0]}; run "
-                            f"`dsnet download {entry.name} --data-dir {base}` or load with download=True")
+            raise DataError(f"{entry.name}: missing {missing[0]}; run `dsnet download {entry.name} --data-dir {base}` "
+                            "or load with download=True")
         download_corruptions(entry.name, base, progress=progress)
     images = _open(entry.path(base, corruption), images=True)
     labels = _open(entry.path(base, "labels"), images=False)

@@ -111,7 +111,10 @@ def open_extra_images(path: str | os.PathLike[str], num_classes: int) -> ExtraIm
     """
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"data.extra_path {path} does not exist; point it at an .npz with arrays image and label")
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        found = sorted(p.name for p in path.glob("*.npz"))[:3] if path.is_dir() else []
+        inside = f" (it holds {', '.join(found)})" if found else ""
+        raise DataError(f"data.extra_path {path} {what}{inside}; point it at an .npz file with arrays image and label")
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as error:

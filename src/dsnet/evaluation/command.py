@@ -6,7 +6,9 @@ Heavy imports happen inside the handlers, so `dsnet -h` stays fast.
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import re
 
 __all__ = ["add_eval_arguments", "run_eval", "add_export_arguments", "run_export"]
 
@@ -47,14 +49,23 @@ def _radius(text: str) -> float:
 
 
 def _channels(text: str) -> tuple[float, ...]:
-    """Three comma-separated numbers (a per-channel mean or std)."""
+    """Three comma-separated finite numbers (a per-channel mean or std; negative means are fine)."""
     try:
         values = tuple(float(part) for part in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected three numbers such as 0.4914,0.4822,0.4465, got {text!r}") from None
     if len(values) != 3:
         raise argparse.ArgumentTypeError(f"expected three comma-separated numbers (one per channel), got {text!r}")
+    if not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected finite numbers (NaN or inf would make every logit NaN), "
+                                         f"got {text!r}")
     return values
+
+
+def _accept_negative_numbers(parser: argparse.ArgumentParser) -> None:
+    """Lets a value such as `-0.5,-0.5,-0.5` follow an option: argparse (before Python 3.13) takes anything that starts
+    with '-' and is not a plain number for an option name. No option of ours starts with a digit, so this is safe."""
+    parser._negative_number_matcher = re.compile(r"^-\.?\d")  # type: ignore[attr-defined]
 
 
 THREAT_MODEL_CHOICES = ("Linf", "L2", "L1", "corruptions")
@@ -64,6 +75,7 @@ checks them against `dsnet.evaluation.presets.THREAT_MODELS`)."""
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `dsnet eval`."""
+    _accept_negative_numbers(parser)
     source = parser.add_argument_group("the model")
     source.add_argument("--checkpoint", default=None,
                         help="a checkpoint of `dsnet train`, or a tensors-only state dict (with --model or "
@@ -183,14 +195,27 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `dsnet export`."""
-    parser.add_argument("--checkpoint", required=True,
-                        help="a checkpoint of `dsnet train` (or a state dict with --model)")
+    _accept_negative_numbers(parser)
+    parser.add_argument("--checkpoint", default=None,
+                        help="a checkpoint of `dsnet train` (or a state dict with --model or --model-factory)")
     parser.add_argument("--out-dir", required=True, help="folder for the exported files")
     parser.add_argument("--report", default=None,
-                        help="report.json of `dsnet eval` on this checkpoint (adds the claim JSON)")
+                        help="report.json of `dsnet eval` on this model: adds the claim JSON; the export must "
+                             "reproduce its clean flags on its points, and takes the options below from it when left "
+                             "out")
     parser.add_argument("--name", default=None, help="file name stem, e.g. Author2021Title_Arch (default: model name)")
     parser.add_argument("--model", default=None, metavar="NAME", help="architecture of a bare state dict")
-    parser.add_argument("--dataset", default=None, help="dataset of a bare state dict")
+    parser.add_argument("--model-factory", default=None, metavar="FILE.py:FUNCTION",
+                        help="builds your own model (its file is copied beside the export)")
+    parser.add_argument("--model-kwargs", default=None, metavar="JSON", help="keyword arguments of the factory")
+    parser.add_argument("--normalize", nargs=2, type=_channels, default=None, metavar=("MEAN", "STD"),
+                        help="the input normalisation the network expects; the export applies it itself")
+    parser.add_argument("--weights", choices=("auto", "ema", "raw"), default=None,
+                        help="of a checkpoint trained with train.ema_decay (default: the report's, else auto)")
+    parser.add_argument("--dataset", default=None, help="dataset of a bare state dict or a factory")
+    parser.add_argument("--data-dir", default=None,
+                        help="where the report's points are (default: the data folder the report names)")
+    parser.add_argument("--device", default="auto", help="device of the check on the report's points (default auto)")
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -198,8 +223,13 @@ def run_export(args: argparse.Namespace) -> int:
     from dsnet.evaluation.export import export_model
 
     result = export_model(args.checkpoint, args.out_dir, report=args.report, name=args.name, model_name=args.model,
-                          dataset=args.dataset)
-    for path in (result.weights, result.architecture, result.claim):
+                          dataset=args.dataset, model_factory=args.model_factory, model_kwargs=args.model_kwargs,
+                          normalize=tuple(args.normalize) if args.normalize else None, weights=args.weights,
+                          data_dir=args.data_dir, device=args.device)
+    for path in (result.weights, result.architecture, result.factory, result.claim):
         if path is not None:
             print(path)
+    if result.verified is not None:
+        print(f"verified: the export classifies {result.verified['agree']} of the report's {result.verified['points']} "
+              f"points as the report does ({result.verified['near_ties']} near-ties)")
     return 0

@@ -47,11 +47,19 @@ import dsnet
 from dsnet.attacks.base import ATTACKS
 from dsnet.attacks.gradient import PGD
 from dsnet.attacks.metrics import AttackRun, clean_flags
-from dsnet.errors import ConfigError, DataError
-from dsnet.evaluation.loading import WEIGHT_CHOICES, LoadedModel, load_model_for_evaluation
+from dsnet.errors import ConfigError, DataError, NonFiniteError, OverwriteError
+from dsnet.evaluation.loading import WEIGHT_CHOICES, LoadedModel, check_normalization, load_model_for_evaluation
 from dsnet.evaluation.points import PointSelection, select_points
 from dsnet.evaluation.presets import ThreatModel, build_attacks, get_preset, get_threat_model, resolve_preset
-from dsnet.evaluation.report import METRIC_ORDER, AttackOutcome, EvalReport, flags_from_string, flags_to_string
+from dsnet.evaluation.report import (
+    METRIC_ORDER,
+    REPORT_FILES,
+    REPORT_JSON,
+    AttackOutcome,
+    EvalReport,
+    flags_from_string,
+    flags_to_string,
+)
 from dsnet.evaluation.sanity import (
     SWEEP_EPS_FACTORS,
     SanityCheck,
@@ -65,7 +73,9 @@ from dsnet.evaluation.state import STATE_NAME, EvalState
 from dsnet.registry import unknown_name
 from dsnet.runtime.distributed import DistributedContext, barrier, setup_distributed, teardown_distributed
 from dsnet.runtime.files import ensure_writable_folder
+from dsnet.runtime.hashing import tensors_sha256
 from dsnet.runtime.lock import FolderLock
+from dsnet.runtime.ownership import FolderFiles
 from dsnet.runtime.precision import full_fp32
 from dsnet.validate import Problems
 
@@ -119,6 +129,32 @@ def resolve_attack_names(names: Iterable[str] | None, preset: str | None = None,
     return ["clean"] + [name for name in ranked if name != "clean"]
 
 
+EVAL_WRITER = "dsnet eval"
+_OUT_DIR_HINT = "evaluate into another --out-dir"
+
+
+def _evaluation_files() -> tuple[str, ...]:
+    """Every name an evaluation writes in its folder (the AutoAttack resume files as a pattern)."""
+    from dsnet.attacks.autoattack import STATE_FILES
+
+    return (*REPORT_FILES, STATE_NAME, STATE_FILES)
+
+
+def check_evaluation_folder(out: Path, restart: bool) -> None:
+    """Refuses, before anything is loaded, a folder whose files `dsnet eval` may not write: files of another command
+    or of a person under the report's names (`dsnet.runtime.ownership`), or the report of an evaluation whose
+    state file is gone, which nothing can show to be this evaluation's (`--restart` replaces it).
+
+    Raises:
+        OverwriteError: naming the file.
+    """
+    FolderFiles(out).check(_evaluation_files(), EVAL_WRITER, hint=_OUT_DIR_HINT)
+    if not restart and (out / REPORT_JSON).is_file() and not (out / STATE_NAME).is_file():
+        raise OverwriteError(f"{out / REPORT_JSON} is the report of an earlier evaluation whose {STATE_NAME} is gone, "
+                             "so it cannot be shown to be this one's; rerun with --restart to replace it, or "
+                             f"{_OUT_DIR_HINT} (nothing was written)")
+
+
 def default_out_dir(checkpoint: str | Path | None, preset: str, threat_model: str = "Linf",
                     model_name: str | None = None) -> Path:
     """`<checkpoint folder>/eval-<preset>` under L∞, `eval-<threat model>-<preset>` otherwise; for a model without
@@ -168,8 +204,12 @@ class EvalSettings:
         problems.integer("--sanity-n", self.sanity_n, minimum=1)
         problems.integer("--seed", self.seed, minimum=0)
         problems.choice("--weights", self.weights, WEIGHT_CHOICES)
-        if self.eps is not None:
-            problems.number("--eps", self.eps, strict=True)
+        if self.eps is not None and problems.number("--eps", self.eps, strict=True) and threat.norm is not None:
+            if self.eps > threat.max_eps:
+                unit = (" (ε is in pixel units of images in [0, 1]: 8/255 ≈ 0.031, not 8)" if threat.norm == "Linf"
+                        else "")
+                problems.add(f"--eps {self.eps:g} is outside (0, {threat.max_eps:.4g}], the largest distance between "
+                             f"two images under {threat.name}{unit}")
         if self.n_examples is not None and self.subset is not None:
             problems.add("--n-examples and --subset exclude each other; pass one of them")
         if threat.norm is None:
@@ -179,9 +219,16 @@ class EvalSettings:
                 problems.add(f"attack overrides do not apply to the {threat.name} threat model")
         elif self.severities is not None:
             problems.add(f"--severities applies to the corruptions threat model, not to {threat.name}")
-        if self.normalize is not None and (len(self.normalize) != 2 or any(len(v) != 3 for v in self.normalize)):
-            problems.add("--normalize takes a mean and a std of 3 values each: --normalize 0.49,0.48,0.45 "
-                         "0.25,0.24,0.26")
+        if self.normalize is not None:
+            try:
+                mean, std = self.normalize
+                object.__setattr__(self, "normalize", check_normalization(mean, std))
+            except (TypeError, ValueError) as error:
+                problems.add(f"--normalize: {error}" if isinstance(error, ConfigError) else
+                             "--normalize takes a mean and a std of 3 values each: --normalize 0.49,0.48,0.45 "
+                             "0.25,0.24,0.26")
+        if self.dataset is not None:
+            _check_data_choice(self.dataset, self.split, threat)
         problems.raise_if_any()
         object.__setattr__(self, "threat_model", threat.name)
         object.__setattr__(self, "preset", get_preset(threat, self.preset).name)
@@ -196,9 +243,6 @@ class EvalSettings:
                 raise ConfigError(f"--severities must be among {', '.join(map(str, chosen.severities))}, got "
                                   f"{', '.join(map(str, severities)) or 'none'}")
             object.__setattr__(self, "severities", tuple(sorted(set(severities))))
-        if self.normalize is not None:
-            mean, std = self.normalize
-            object.__setattr__(self, "normalize", (tuple(float(v) for v in mean), tuple(float(v) for v in std)))
 
     @property
     def threat(self) -> ThreatModel:
@@ -208,6 +252,26 @@ class EvalSettings:
     def attack_names(self) -> list[str]:
         """The attacks (corruptions, for the corruptions threat model) to run, without "clean"."""
         return [name for name in self.attacks if name != "clean"]  # type: ignore[union-attr]
+
+
+def _check_data_choice(dataset: str, split: str, threat: ThreatModel) -> None:
+    """The dataset exists, has `split`, and for corruptions has a corrupted test set: checked as soon as the dataset is
+    known (from `--dataset`, or else from the checkpoint), before any folder is compared or any data is read.
+
+    Raises:
+        UnknownNameError: an unknown dataset or split (naming the valid ones).
+        ConfigError: corruptions of a dataset without a corrupted copy (SVHN).
+    """
+    from dsnet.data import DATASETS
+
+    DATASETS.get(dataset).check_split(split)
+    if threat.norm is None:
+        from dsnet.data.corruptions import corruption_set_for
+
+        corruption_set_for(dataset)
+        if split != "test":
+            raise ConfigError(f"common corruptions are corrupted copies of the test split, not of {split!r}; pass "
+                              "--split test")
 
 
 def _versions() -> dict[str, str]:
@@ -250,6 +314,8 @@ class Metric:
         config: what a stored result must have been made with to be reused.
         compute: computes it.
         done: called once its result is recorded (an attack drops its own resume state).
+        prepare: for a metric with inputs of its own (a corruption's images): loads them for `compute` and returns
+            their digests, which join `config`, so a stored result is reused only for the same images.
     """
 
     name: str
@@ -257,6 +323,7 @@ class Metric:
     config: dict[str, Any]
     compute: Callable[[], AttackRun]
     done: Callable[[], None] = lambda: None
+    prepare: Callable[[], dict[str, Any]] | None = None
 
 
 class Evaluation:
@@ -292,23 +359,32 @@ class Evaluation:
             device=self.ctx.device, model=self.user_model, model_factory=s.model_factory,
             model_kwargs=dict(s.model_kwargs) if isinstance(s.model_kwargs, Mapping) else s.model_kwargs,
             normalize=s.normalize, weights=s.weights)
+        # The dataset is known now (given, or the checkpoint's): a wrong split or a dataset without corruptions is
+        # named before an earlier evaluation in the folder is compared or any data is read.
+        _check_data_choice(self.loaded.dataset, s.split, s.threat)
         self.key = {
             "model_name": self.loaded.model_name, "model_kwargs": self.loaded.model_kwargs,
-            "weights_sha256": self.loaded.weights_sha256, "dataset": self.loaded.dataset, "split": s.split,
+            "weights_sha256": self.loaded.weights_sha256, "model_code": self.loaded.code,
+            "versions": {"dsnet": dsnet.__version__, "torch": str(torch.__version__)},
+            "dataset": self.loaded.dataset, "split": s.split,
             "threat_model": s.threat_model, "preset": s.preset, "eps": s.eps, "trained_with": self.loaded.trained_with,
             "batch_size": s.batch_size, "seed": s.seed, "overrides": s.overrides,
             "normalize": self.loaded.source.get("normalize"),
         }
-        if not s.restart:  # an earlier evaluation with other settings is refused before the data is read
+        if not s.restart:  # an earlier evaluation of other settings, weights or code is refused before data is read
             EvalState.check(self.out / STATE_NAME, self.key)
         # Several ranks downloading into one folder would race; under torchrun the data must be there already.
         data = load_dataset(self.loaded.dataset, self.data_dir, s.split, download=not self.ctx.distributed,
                             progress=self.ctx.is_main)
         self.selection: PointSelection = select_points(len(data), n_examples=s.n_examples, subset=s.subset,
                                                        seed=s.seed)
-        self.images = data.images.index_select(0, self.selection.indices).to(self.ctx.device)  # uint8
-        self.labels = data.labels.index_select(0, self.selection.indices).to(self.ctx.device)
-        self.key.update(n=self.selection.n, points_sha256=self.selection.sha256)
+        images = data.images.index_select(0, self.selection.indices)  # uint8
+        labels = data.labels.index_select(0, self.selection.indices)
+        # The points' content, digested as they are loaded: results are reused only for the very same images.
+        self.key.update(n=self.selection.n, points_sha256=self.selection.sha256,
+                        data_sha256=tensors_sha256([("images", images), ("labels", labels)]))
+        self.images = images.to(self.ctx.device)
+        self.labels = labels.to(self.ctx.device)
 
     @property
     def eps(self) -> float:
@@ -339,32 +415,43 @@ class Evaluation:
 
         s = self.settings
         entry = corruption_set_for(self.loaded.dataset)
-        if s.split != "test":
-            raise ConfigError(f"common corruptions are corrupted copies of the test split, not of {s.split!r}")
-        return [Metric(f"{corruption}_s{severity}", f"{corruption} {severity}",
-                       {"set": entry.name, "corruption": corruption, "severity": severity},
-                       lambda c=corruption, v=severity: self._corrupted_accuracy(c, v))
+        return [self._corruption_metric(entry.name, corruption, severity)
                 for corruption in s.attack_names for severity in s.severities]  # type: ignore[union-attr]
 
-    def _corrupted_accuracy(self, corruption: str, severity: int) -> AttackRun:
+    def _corruption_metric(self, set_name: str, corruption: str, severity: int) -> Metric:
         """Accuracy on the corrupted copies of the selected points (a corruption is not an attack: a point that is
-        wrong on the clean image may be right on the corrupted one, and counts as such, as RobustBench counts)."""
+        wrong on the clean image may be right on the corrupted one, and counts as such, as RobustBench counts).
+
+        The corrupted points are read once, in `prepare`, and their digest decides whether a stored result is
+        theirs."""
         from dsnet.data.corruptions import load_corrupted
 
-        corrupted = load_corrupted(self.loaded.dataset, self.data_dir, corruption, severity, self.selection.indices,
-                                   test_size=self.selection.total, download=not self.ctx.distributed,
-                                   progress=self.ctx.is_main)
-        labels = corrupted.labels.to(self.ctx.device)
-        if not torch.equal(labels, self.labels):
-            wrong = int((labels != self.labels).sum())
-            raise DataError(f"{corrupted.name}: {wrong} of {labels.numel()} labels differ from the clean test set's; "
-                            "the corrupted files do not belong to this dataset")
-        flags = clean_flags(self.loaded.model, corrupted.images.to(self.ctx.device), labels,
-                            batch_size=self.settings.batch_size, progress=self._bar(f"{corruption} {severity}"))
-        return AttackRun(flags)
+        inputs: dict[str, torch.Tensor] = {}
+
+        def prepare() -> dict[str, Any]:
+            corrupted = load_corrupted(self.loaded.dataset, self.data_dir, corruption, severity,
+                                       self.selection.indices, test_size=self.selection.total,
+                                       download=not self.ctx.distributed, progress=self.ctx.is_main)
+            labels = corrupted.labels.to(self.ctx.device)
+            if not torch.equal(labels, self.labels):
+                wrong = int((labels != self.labels).sum())
+                raise DataError(f"{corrupted.name}: {wrong} of {labels.numel()} labels differ from the clean test "
+                                "set's; the corrupted files do not belong to this dataset")
+            inputs["images"] = corrupted.images
+            return {"inputs_sha256": tensors_sha256([("images", corrupted.images), ("labels", corrupted.labels)])}
+
+        def compute() -> AttackRun:
+            images = inputs.pop("images").to(self.ctx.device)
+            return AttackRun(clean_flags(self.loaded.model, images, self.labels, batch_size=self.settings.batch_size,
+                                         progress=self._bar(f"{corruption} {severity}")))
+
+        return Metric(f"{corruption}_s{severity}", f"{corruption} {severity}",
+                      {"set": set_name, "corruption": corruption, "severity": severity}, compute, prepare=prepare)
 
     def _open_state(self, metrics: list[Metric]) -> EvalState:
         path = self.out / STATE_NAME
+        if self.ctx.is_main:  # the folder's names are this evaluation's from now on (checked before loading)
+            FolderFiles(self.out).reserve(_evaluation_files(), EVAL_WRITER, hint=_OUT_DIR_HINT)
         if self.ctx.is_main and self.settings.restart:
             path.unlink(missing_ok=True)
             for metric in metrics:
@@ -377,20 +464,31 @@ class Evaluation:
 
     # ---------------------------------------------------------------------------------------------- metrics
     def _metric(self, state: EvalState, metric: Metric) -> AttackOutcome:
-        """A finished metric from the state file, or computed now and recorded there."""
-        stored = state.finished(metric.name, metric.config)
+        """A finished metric from the state file, or computed now and recorded there.
+
+        Raises:
+            NonFiniteError: the model or the attack produced NaN or inf; the message names the metric, and every
+                metric finished before it stays in the state file.
+        """
+        config = {**metric.config, **(metric.prepare() if metric.prepare is not None else {})}
+        stored = state.finished(metric.name, config)
         n = self.selection.n
         if stored is not None:
-            outcome = AttackOutcome(metric.name, metric.label, metric.config, flags_from_string(stored["flags"]),
+            outcome = AttackOutcome(metric.name, metric.label, config, flags_from_string(stored["flags"]),
                                     stored["runtime_s"], stored.get("stats", {}), resumed=True,
                                     extra=stored.get("extra", {}))
             how = "from the earlier run"
         else:
             t0 = time.perf_counter()
-            run: AttackRun = metric.compute()
-            outcome = AttackOutcome(metric.name, metric.label, metric.config, run.flags, time.perf_counter() - t0,
+            try:
+                run: AttackRun = metric.compute()
+            except NonFiniteError as error:
+                kept = (f"the finished metrics ({', '.join(state.results)}) are kept in {self.out / STATE_NAME}"
+                        if state.results else "nothing had finished before it")
+                raise NonFiniteError(f"{metric.label}: {error}; {kept}") from None
+            outcome = AttackOutcome(metric.name, metric.label, config, run.flags, time.perf_counter() - t0,
                                     run.stats, extra=run.extra)
-            state.record(metric.name, {"config": metric.config, "flags": flags_to_string(run.flags),
+            state.record(metric.name, {"config": config, "flags": flags_to_string(run.flags),
                                        "runtime_s": outcome.runtime_s, "stats": run.stats, "extra": run.extra})
             how = f"in {outcome.runtime_s:.1f} s"
         if self.ctx.is_main:
@@ -475,6 +573,21 @@ class Evaluation:
             check_pgd_vs_margin({o.name: o.flags for o in outcomes}, labels),
         ]
 
+    def _warnings(self) -> list[str]:
+        """What the numbers cannot say by themselves: a model that ignores its input, an ε beyond the usual."""
+        from dsnet.evaluation.loading import PROBE_BATCH
+
+        threat, notes = self.settings.threat, []
+        if not self.loaded.responds_to_input:
+            notes.append(f"the model gave the same logits to {PROBE_BATCH} different images (black, white, grey and "
+                         "noise): it ignores its input, so these accuracies say nothing about robustness")
+        if threat.norm is not None and self.eps > threat.usual_eps:
+            notes.append(f"ε = {self.eps:.4g} is beyond the {threat.usual_eps:.4g} that {threat.name} evaluations "
+                         "usually go up to; numbers at this radius are not comparable with published ones")
+        for note in notes:
+            logger.warning("%s", note)
+        return notes
+
     def _report(self, sweep: list[tuple[float, float]] | None, math_mode: dict[str, Any]) -> EvalReport:
         s, loaded, outcomes = self.settings, self.loaded, self.outcomes
         device = self.ctx.device
@@ -485,7 +598,8 @@ class Evaluation:
             model={"name": loaded.model_name, "kwargs": loaded.model_kwargs, "num_classes": loaded.num_classes,
                    "parameters": loaded.parameters, "weights_sha256": loaded.weights_sha256,
                    "epoch": loaded.trained_epochs, "trained_with": loaded.trained_with,
-                   "trained_with_source": loaded.trained_with_source, "source": dict(loaded.source)},
+                   "trained_with_source": loaded.trained_with_source, "source": dict(loaded.source),
+                   "code": dict(loaded.code)},
             dataset=loaded.dataset,
             split=s.split,
             selection=self.selection,
@@ -506,6 +620,8 @@ class Evaluation:
             overrides={k: dict(v) for k, v in s.overrides.items()},
             threat_model=s.threat_model,
             eps_override=s.eps,
+            warnings=self._warnings(),
+            data={"dir": str(Path(self.data_dir).expanduser().resolve()), "sha256": self.key["data_sha256"]},
         )
         if self.ctx.is_main:
             for check in report.failed_checks:
@@ -590,6 +706,7 @@ def evaluate(checkpoint: str | Path | None = None, data_dir: str | Path | None =
             ensure_writable_folder(out)
             lock = FolderLock(out, "evaluation", hint="wait for it to finish, or evaluate into another --out-dir")
             lock.acquire()
+            check_evaluation_folder(out, settings.restart)
         return Evaluation(ctx, settings, checkpoint, data_dir, out, model).run()
     finally:
         if lock is not None:

@@ -3,8 +3,9 @@
 The factory is any callable that returns an `nn.Module` mapping (B, 3, H, W) images to logits; `--model-kwargs`
 (a JSON object) are its keyword arguments. A file is imported under a private module name, so two factories in
 files of the same name do not collide, and its SHA-256 goes into the report, so a result names the exact code that
-built the model. Every way this can go wrong (no such file, no such function, the factory raising, something
-that is not a module) is a one-line `ConfigError`.
+built the model. Every way this can go wrong (no such file, no such function, arguments the factory does not take,
+the factory raising or calling `sys.exit`, something that is not a module) is a one-line `ConfigError` that quotes
+the real exception.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import json
 import sys
 from dataclasses import dataclass, field
@@ -85,10 +87,18 @@ def _import_file(path: Path) -> Any:
     sys.modules[module_name] = module
     try:
         spec.loader.exec_module(module)
-    except Exception as error:  # noqa: BLE001 - any failure of user code becomes one line
+    except (Exception, SystemExit) as error:  # noqa: BLE001 - any failure of user code becomes one line
         sys.modules.pop(module_name, None)
-        raise ConfigError(f"--model-factory: importing {path} failed: {type(error).__name__}: {error}") from None
+        raise ConfigError(f"--model-factory: importing {path} failed: {_quote(error)}") from None
     return module
+
+
+def _quote(error: BaseException) -> str:
+    """The user's exception as one quoted phrase; `sys.exit(code)` (SystemExit) named as such, since it is not an
+    error a model factory should end with."""
+    if isinstance(error, SystemExit):
+        return f"it called sys.exit({error.code!r}), which must not end an evaluation; return the model instead"
+    return f"{type(error).__name__}: {error}"
 
 
 def load_factory(spec: str, kwargs: dict[str, Any] | str | None = None) -> tuple[nn.Module, ModelFactory]:
@@ -130,11 +140,21 @@ def load_factory(spec: str, kwargs: dict[str, Any] | str | None = None) -> tuple
         raise ConfigError(f"--model-factory: {where} has no function {name!r}"
                           + (f"; it has {', '.join(available[:12])}" if available else ""))
     try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # a builtin without a signature: let the call decide
+        signature = None
+    if signature is not None:
+        try:
+            signature.bind(**arguments)
+        except TypeError as error:  # the arguments do not fit: a --model-kwargs problem, not the factory's
+            takes = ", ".join(signature.parameters) or "no arguments"
+            raise ConfigError(f"--model-factory: {spec} does not take --model-kwargs {json.dumps(arguments)} "
+                              f"({error}); it takes {takes}") from None
+    try:
         model = factory(**arguments)
-    except TypeError as error:
-        raise ConfigError(f"--model-factory: {spec}(**{arguments}) failed: {error}; check --model-kwargs") from None
-    except Exception as error:  # noqa: BLE001 - any failure of user code becomes one line
-        raise ConfigError(f"--model-factory: {spec} raised {type(error).__name__}: {error}") from None
+    except (Exception, SystemExit) as error:  # noqa: BLE001 - any failure of user code becomes one line
+        raise ConfigError(f"--model-factory: {spec} raised {_quote(error)}" if not isinstance(error, SystemExit)
+                          else f"--model-factory: {spec}: {_quote(error)}") from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"--model-factory: {spec} returned a {type(model).__name__}, not a torch.nn.Module")
     return model, ModelFactory(spec, arguments, file, digest)

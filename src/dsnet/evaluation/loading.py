@@ -18,13 +18,16 @@ Files are read with `torch.load(..., weights_only=True)`, as one of two kinds:
 A state dict saved through a wrapper (`module.` of DDP, `_orig_mod.` of `torch.compile`) loads as it is;
 missing or unexpected keys are one line that counts and names them. `normalize=(mean, std)` makes the model
 normalise its [0, 1] input itself (for models trained on normalised images). The model comes back in fp32 and
-eval mode, with parameters that need no gradient (attacks differentiate the input only), and its output is
-checked to have one logit per class of the dataset.
+eval mode, with parameters that need no gradient (attacks differentiate the input only). Before any data is read
+it is probed with a batch of different images: its output must be one finite row of logits per image and per class
+of the dataset, and a model that gives every image the same row is noted (it ignores its input). Weights that are
+NaN or infinite are refused when they are loaded.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,10 +35,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from dsnet.errors import CheckpointError, ConfigError, UnknownNameError
-from dsnet.runtime.hashing import state_dict_sha256
+from dsnet.errors import CheckpointError, ConfigError, NonFiniteError, UnknownNameError
+from dsnet.runtime.hashing import model_code_sha256, state_dict_sha256
 
-__all__ = ["LoadedModel", "load_model_for_evaluation", "WEIGHT_CHOICES"]
+__all__ = ["LoadedModel", "load_model_for_evaluation", "WEIGHT_CHOICES", "NormalizedInput", "probe_images",
+           "PROBE_BATCH", "check_normalization"]
 
 WEIGHT_CHOICES = ("auto", "ema", "raw")
 """Which weights of a training checkpoint to evaluate: auto (the weight average when there is one), ema, raw."""
@@ -60,6 +64,8 @@ class LoadedModel:
         epoch: the next epoch to train, as a training checkpoint stores it (`trained_epochs` is the one finished).
         config: the training run's resolved config, when there is one.
         source: where the model came from, for the report ({"kind": "dsnet checkpoint" | "factory" | "module", ...}).
+        code: the digests of the files that define the model's computation (`dsnet.runtime.model_code_sha256`).
+        responds_to_input: False when the probe's different images all got the same logits.
     """
 
     model: nn.Module
@@ -74,6 +80,8 @@ class LoadedModel:
     epoch: int | None = None
     config: dict[str, Any] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)
+    code: dict[str, str] = field(default_factory=dict)
+    responds_to_input: bool = True
 
     @property
     def trained_epochs(self) -> int | None:
@@ -111,14 +119,37 @@ def _trained_with(given: str | None, config: dict[str, Any], path: object) -> tu
     return trained_with, source
 
 
+def check_normalization(mean: Any, std: Any, channels: int = 3) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """A per-channel (mean, std) as floats, checked: `channels` finite means and `channels` finite stds > 0.
+
+    Every place that takes a normalisation (`--normalize`, `evaluate(normalize=...)`, an export's input convention)
+    checks it here, before anything is loaded: a NaN mean or a zero std would make every logit NaN.
+
+    Raises:
+        ConfigError: naming the bad value.
+    """
+    try:
+        mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+    except (TypeError, ValueError):
+        raise ConfigError(f"the normalisation takes {channels} numbers for the mean and {channels} for the std, got "
+                          f"{mean!r} and {std!r}") from None
+    if len(mean) != channels or len(std) != channels:
+        raise ConfigError(f"the normalisation takes {channels} numbers for the mean and {channels} for the std "
+                          f"(one per channel), got {len(mean)} and {len(std)}: --normalize 0.49,0.48,0.45 "
+                          "0.25,0.24,0.26")
+    bad = [f"mean {v}" for v in mean if not math.isfinite(v)] + [f"std {v}" for v in std
+                                                                    if not (math.isfinite(v) and v > 0)]
+    if bad:
+        raise ConfigError(f"the normalisation needs finite means and finite stds > 0, got {', '.join(bad)}")
+    return mean, std
+
+
 class NormalizedInput(nn.Module):
     """`model` behind x -> (x - mean) / std, for a network trained on normalised inputs."""
 
     def __init__(self, model: nn.Module, mean: Any, std: Any) -> None:
         super().__init__()
-        mean, std = [float(v) for v in mean], [float(v) for v in std]
-        if len(mean) != len(std) or any(s <= 0 for s in std):
-            raise ConfigError(f"normalisation needs one mean and one std > 0 per channel, got {mean}, {std}")
+        mean, std = check_normalization(mean, std)
         self.model = model
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
@@ -127,11 +158,32 @@ class NormalizedInput(nn.Module):
         return self.model((x - self.mean) / self.std)
 
 
+PROBE_BATCH = 4
+"""Images in the output probe: more than one, so a model that returns one row for any batch is caught."""
+
+
+def probe_images(channels: int = 3, size: int = 32, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(PROBE_BATCH, C, H, W) different images in [0, 1], on the 8-bit grid as every dataset image is: black, white,
+    mid-grey (128/255) and seeded uniform noise."""
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randint(0, 256, (1, channels, size, size), generator=generator).float() / 255
+    constant = torch.tensor([0.0, 1.0, 128 / 255]).view(3, 1, 1, 1).expand(3, channels, size, size)
+    return torch.cat([constant, noise]).to(device)
+
+
 def _ready(model: nn.Module, num_classes: int, dataset: str, device: torch.device | str,
-           normalize: tuple[Any, Any] | None) -> nn.Module:
-    """fp32, eval mode, frozen, on `device`, normalising its input if asked; its output checked for size.
+           normalize: tuple[Any, Any] | None) -> tuple[nn.Module, bool]:
+    """fp32, eval mode, frozen, on `device`, normalising its input if asked; its output probed.
 
     Normalisation wraps the model rather than hooking it: a caller's module stays exactly as it was handed in.
+
+    Returns:
+        The model, and whether different probe images got different logits.
+
+    Raises:
+        ConfigError: the model cannot take a batch of images, or does not return one row of logits per image and
+            class.
+        NonFiniteError: it returns NaN or infinite logits for ordinary images.
     """
     if normalize is not None:
         model = NormalizedInput(model, *normalize)
@@ -139,16 +191,23 @@ def _ready(model: nn.Module, num_classes: int, dataset: str, device: torch.devic
     model.requires_grad_(False)
     from dsnet.runtime.precision import full_fp32
 
-    probe = torch.zeros(1, 3, 32, 32, device=device)
+    probe = probe_images(device=device)
+    batch = probe.shape[0]
     try:
         with full_fp32(probe.device.type), torch.no_grad():  # in the evaluation's own math mode, whatever the caller's
             out = model(probe)
-    except Exception as error:  # noqa: BLE001 - a model that cannot take a CIFAR image is a one-line error
-        raise ConfigError(f"the model cannot take a (1, 3, 32, 32) image: {type(error).__name__}: {error}") from None
-    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != num_classes:
+    except Exception as error:  # noqa: BLE001 - a model that cannot take a CIFAR batch is a one-line error
+        raise ConfigError(f"the model cannot take a batch of {batch} images of shape (3, 32, 32): "
+                          f"{type(error).__name__}: {error}") from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (batch, num_classes):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ConfigError(f"the model returns {shape} for one image, but {dataset} needs (1, {num_classes}) logits")
-    return model
+        raise ConfigError(f"the model returns {shape} for a batch of {batch} images, but {dataset} needs "
+                          f"({batch}, {num_classes}) logits, one row per image; return the logits of every image")
+    if not bool(torch.isfinite(out).all()):
+        raise NonFiniteError("the model returns NaN or infinite logits for plain images (black, white, grey, noise); "
+                             "check its weights and its --normalize values")
+    responds = not bool((out == out[:1]).all())
+    return model, responds
 
 
 def _is_state_dict(weights: Any) -> bool:
@@ -160,7 +219,7 @@ def _user_model(model: nn.Module, source: dict[str, Any], checkpoint: str | Path
                 trained_with: str | None, device: torch.device | str,
                 normalize: tuple[Any, Any] | None) -> LoadedModel:
     """A model that is not in our registry, with weights from `checkpoint` when given."""
-    from dsnet.runtime.checkpoint import load_checkpoint, load_model_state
+    from dsnet.runtime.checkpoint import check_finite_tensors, load_checkpoint, load_model_state
 
     if dataset is None:
         raise ConfigError("a model of your own needs the dataset to evaluate on: pass --dataset (cifar10, cifar100 "
@@ -174,15 +233,21 @@ def _user_model(model: nn.Module, source: dict[str, Any], checkpoint: str | Path
             raise CheckpointError(f"{path} holds no tensors-only state dict (bare, or as {{'state_dict': ...}})")
         load_model_state(model, weights, path=path, expected_name=name)
         source = {**source, "checkpoint": str(path)}
+    else:
+        built_by = source.get("factory") or source.get("class") or name
+        check_finite_tensors(model.state_dict().items(), f"the model built by {built_by}",
+                             "pass trained weights with --checkpoint")
     trained, trained_source = _trained_with(trained_with, {}, path or name)
     num_classes = _dataset_classes(dataset)
     weights_sha256 = state_dict_sha256(model.state_dict().items())
-    model = _ready(model, num_classes, dataset, device, normalize)
+    model, responds = _ready(model, num_classes, dataset, device, normalize)
+    factory_file = [source["file"]] if source.get("file") else []
     return LoadedModel(model=model, model_name=name, model_kwargs=dict(source.get("kwargs") or {}),
                        num_classes=num_classes, dataset=dataset, trained_with=trained,
                        trained_with_source=trained_source, checkpoint=path if path is not None else Path(name),
                        weights_sha256=weights_sha256,
-                       source={**source, "normalize": _normalize_record(normalize)})
+                       source={**source, "normalize": _normalize_record(normalize)},
+                       code=model_code_sha256(model, factory_file), responds_to_input=responds)
 
 
 def _normalize_record(normalize: tuple[Any, Any] | None) -> dict[str, list[float]] | None:
@@ -277,13 +342,13 @@ def load_model_for_evaluation(
         if isinstance(average, dict) and weights != "raw":
             weights_used = f"weight average (EMA, τ = {average.get('decay')}); --weights raw for the trained weights"
             described = {**state, "model": average["model"]}
-            weights = average["model"]
+            weights, choice = average["model"], "ema"
         else:
             weights_used = "trained weights" + (" (the checkpoint also holds a weight average: --weights ema)"
                                                 if isinstance(average, dict) else "")
-            weights = state["model"]
+            weights, choice = state["model"], "raw"
     else:
-        weights_used = "state dict"
+        weights_used, choice = "state dict", "auto"
         weights = state.get("state_dict", state)
         if not _is_state_dict(weights):
             raise CheckpointError(
@@ -301,7 +366,7 @@ def load_model_for_evaluation(
     trained_with, source = _trained_with(trained_with, config, path)
     model = create_model(name, num_classes=num_classes, **kwargs)
     load_model_state(model, described, path=path, expected_name=name)
-    model = _ready(model, num_classes, dataset, device, normalize)
+    model, responds = _ready(model, num_classes, dataset, device, normalize)
     return LoadedModel(
         model=model,
         model_name=name,
@@ -315,5 +380,7 @@ def load_model_for_evaluation(
         epoch=int(state["epoch"]) if ours and isinstance(state.get("epoch"), int) else None,
         config=config,
         source={"kind": "dsnet checkpoint" if ours else "state dict", "checkpoint": str(path),
-                "weights": weights_used, "normalize": _normalize_record(normalize)},
+                "weights": weights_used, "weights_choice": choice, "normalize": _normalize_record(normalize)},
+        code=model_code_sha256(model),
+        responds_to_input=responds,
     )

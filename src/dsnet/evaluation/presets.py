@@ -89,6 +89,9 @@ class ThreatModel:
         default_preset: the preset `dsnet eval` uses when none is given.
         sweep_large_eps: the large ε where PGD must leave about no point (None: no ε sweep).
         leaderboard_eps: dataset -> the RobustBench leaderboard's ε (exports are refused at any other ε).
+        usual_eps: the largest ε the field usually evaluates at (a larger `--eps` is noted in the report).
+        max_eps: the largest ε that means anything: the distance between the two farthest 32x32 RGB images in
+            [0, 1] (a larger `--eps` is an error).
     """
 
     name: str
@@ -99,6 +102,8 @@ class ThreatModel:
     default_preset: str
     sweep_large_eps: float | None
     leaderboard_eps: Mapping[str, float] = field(default_factory=dict)
+    usual_eps: float = float("nan")
+    max_eps: float = float("nan")
 
     @property
     def key(self) -> str:
@@ -161,11 +166,13 @@ def _corruption_presets() -> Registry[Preset]:
 
 
 THREAT_MODELS: Registry[ThreatModel] = Registry("threat model", hint="--threat-model Linf, L2, L1 or corruptions")
+_PIXELS = 3 * 32 * 32
 THREAT_MODELS.add("linf", ThreatModel("Linf", "L∞", "Linf", DEFAULT_ATTACKS, PRESETS, "paper", 0.5,
-                                      {"cifar10": 8 / 255, "cifar100": 8 / 255}))
+                                      {"cifar10": 8 / 255, "cifar100": 8 / 255}, usual_eps=16 / 255, max_eps=1.0))
 THREAT_MODELS.add("l2", ThreatModel("L2", "L2", "L2", ("fgsm", "pgd", "cw_l2", "autoattack"), _L2_PRESETS,
-                                    "standard", 8.0, {"cifar10": 0.5}))
-THREAT_MODELS.add("l1", ThreatModel("L1", "L1", "L1", ("autoattack",), _L1_PRESETS, "standard", None))
+                                    "standard", 8.0, {"cifar10": 0.5}, usual_eps=2.0, max_eps=_PIXELS ** 0.5))
+THREAT_MODELS.add("l1", ThreatModel("L1", "L1", "L1", ("autoattack",), _L1_PRESETS, "standard", None,
+                                    usual_eps=24.0, max_eps=float(_PIXELS)))
 THREAT_MODELS.add("corruptions", ThreatModel("corruptions", "common corruptions", None, (), _corruption_presets(),
                                              "standard", None, {"cifar10": float("nan"), "cifar100": float("nan")}))
 

@@ -32,6 +32,8 @@ __all__ = [
     "AttackOutcome",
     "EvalReport",
     "REPORT_FORMAT",
+    "REPORT_FILES",
+    "REPORT_JSON",
     "METRIC_ORDER",
     "eps_fraction",
     "flags_to_string",
@@ -40,6 +42,10 @@ __all__ = [
 ]
 
 REPORT_FORMAT = "dsnet-eval-report/1"
+
+REPORT_JSON, REPORT_MD, CORRUPTIONS_PNG = "report.json", "report.md", "corruptions.png"
+REPORT_FILES = (REPORT_JSON, REPORT_MD, CORRUPTIONS_PNG)
+"""The files `EvalReport.write` writes (the heat map only for corruptions)."""
 
 METRIC_ORDER = ("clean", "fgsm", "fgsm_textbook", "pgd", "cw_inf", "cw_l2", "autoattack")
 """The paper's column order (Natural, FGSM, PGD-20, CW∞, AA); other attacks follow in the order given."""
@@ -145,6 +151,9 @@ class EvalReport:
         out_dir: where the files were written (None when not written).
         threat_model: "Linf", "L2", "L1" or "corruptions".
         eps_override: the ε given instead of the preset's (None when the preset's was used).
+        warnings: what a reader of the numbers must know (a model that ignores its input, an unusual ε).
+        data: where the points came from and what they were: {"dir": the data folder, "sha256": the digest of the
+            evaluated images and labels}, so an export can check that it reproduces these numbers on these points.
     """
 
     checkpoint: str
@@ -167,6 +176,8 @@ class EvalReport:
     out_dir: Path | None = None
     threat_model: str = "Linf"
     eps_override: float | None = None
+    warnings: list[str] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
 
     # ------------------------------------------------------------------------------------------ numbers
     @property
@@ -190,7 +201,8 @@ class EvalReport:
 
     @property
     def worst_case_accuracy(self) -> float:
-        return self.worst_case_flags.float().mean().item() if self.n else math.nan
+        """Points robust to every attack over n, as an exact fraction (not a float32 mean: 11/40 is 0.275)."""
+        return int(self.worst_case_flags.sum()) / self.n if self.n else math.nan
 
     @property
     def accuracy(self) -> dict[str, float]:
@@ -262,6 +274,7 @@ class EvalReport:
             "model": dict(self.model),
             "dataset": self.dataset,
             "split": self.split,
+            "data": dict(self.data),
             "n": self.n,
             "selection": self.selection.to_dict(),
             "threat_model": {"name": self.threat_model, "norm": self.norm,
@@ -271,6 +284,7 @@ class EvalReport:
                              "preset": self.preset, "preset_description": _preset_note(self.preset, self.threat_model),
                              "step_note": self.step_note, "custom_overrides": dict(self.overrides)},
             "accuracy": self.accuracy,
+            "warnings": list(self.warnings),
             "worst_case": {"accuracy": self.worst_case_accuracy, "robust": int(self.worst_case_flags.sum()),
                            "over": [o.name for o in self.outcomes]},
             "attacks": attacks,
@@ -306,6 +320,8 @@ class EvalReport:
             *([f"- step sizes: {self.step_note}"] if self.step_note else []),
             "",
         ]
+        if self.warnings:
+            lines += [f"**Warning:** {warning}" for warning in self.warnings] + [""]
         if self.norm is None:
             lines += self._corruption_markdown()
         lines += [
@@ -389,12 +405,12 @@ class EvalReport:
         """Writes `report.json` and `report.md` (and `corruptions.png` for corruptions) into `out_dir`, atomically,
         and returns their paths."""
         out_dir = Path(out_dir)
-        json_path, md_path = out_dir / "report.json", out_dir / "report.md"
+        json_path, md_path = out_dir / REPORT_JSON, out_dir / REPORT_MD
         write_text_atomic(json_path, dumps_json(self.to_dict()) + "\n")
         write_text_atomic(md_path, self.to_markdown())
         self.out_dir = out_dir
         if self.norm is None and self.corruption_accuracy:
-            return json_path, md_path, _corruption_heatmap(self.corruption_accuracy, out_dir / "corruptions.png",
+            return json_path, md_path, _corruption_heatmap(self.corruption_accuracy, out_dir / CORRUPTIONS_PNG,
                                                            f"{self.model['name']} on {self.dataset}-C")
         return json_path, md_path
 

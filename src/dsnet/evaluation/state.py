@@ -1,10 +1,14 @@
 """The resume file of an evaluation: `<out_dir>/eval_state.json`.
 
 It is rewritten atomically after every finished attack (and after the ε sweep) with that attack's per-point
-flags, settings, statistics and runtime. A rerun with the same settings reads it and skips what is finished;
-the file records the settings that decide the numbers (the model's weights, dataset, split, points, preset,
-training objective, batch size, seed, overrides), and a rerun with other settings is refused, unless it asks
-to restart. An attack whose stored settings differ from the ones it would run with now is refused the same way.
+flags, settings, statistics and runtime. A rerun reads it and skips what is finished, but only when everything the
+numbers depend on is the same, by content rather than by name: the digest of the exact images and labels
+evaluated (not the folder they came from), the weights, the model's code (the digests of the files that define it,
+a user's factory among them, and the versions of dsnet and torch), the normalisation, the dataset, split, points,
+threat model, ε, preset, training objective, batch size and seed. Any difference is refused with the list of
+differences, unless the rerun asks to restart; an attack whose stored settings (or, for a corruption, the digest of
+its corrupted images) differ from the ones it would run with now is refused the same way. Nothing stored is ever
+mixed with numbers of other content.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any
 from dsnet.errors import ConfigError
 from dsnet.evaluation.report import dumps_json
 from dsnet.runtime.files import write_text_atomic
-from dsnet.runtime.records import SAVED_NOW, differences, plain
+from dsnet.runtime.records import plain
 
 __all__ = ["EvalState", "STATE_FORMAT", "STATE_NAME"]
 
@@ -27,8 +31,41 @@ STATE_FORMAT = "dsnet-eval-state/1"
 STATE_NAME = "eval_state.json"
 
 
+_MEANING = {
+    "data_sha256": "the images and labels of the evaluated points",
+    "points_sha256": "which points of the split",
+    "weights_sha256": "the weights",
+    "inputs_sha256": "the corrupted images",
+    "versions": "the versions of dsnet and torch",
+}
+"""What a key that holds a digest stands for, in messages."""
+
+
+def _short(value: Any) -> Any:
+    """A SHA-256 shortened to 12 characters for messages; anything else as it is."""
+    if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+        return value[:12] + "…"
+    return value
+
+
 def _differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    return differences(saved, now, template=SAVED_NOW, nested=False)
+    """Every top-level difference as "key: saved X, now Y" (digests shortened and explained); the model's code per
+    file, so the message names the file that changed."""
+    out: list[str] = []
+    for key in sorted(set(saved) | set(now)):
+        old, new = saved.get(key), now.get(key)
+        if plain(old) == plain(new):
+            continue
+        if key == "model_code" and isinstance(old, dict) and isinstance(new, dict):
+            for name in sorted(set(old) | set(new)):
+                if old.get(name) != new.get(name):
+                    was = "absent" if name not in old else _short(old[name])
+                    is_now = "absent" if name not in new else _short(new[name])
+                    out.append(f"model code {name}: saved {was}, now {is_now}")
+            continue
+        meaning = f" ({_MEANING[key]})" if key in _MEANING else ""
+        out.append(f"{key}{meaning}: saved {_short(old)!r}, now {_short(new)!r}")
+    return out
 
 
 class EvalState:
@@ -82,8 +119,8 @@ class EvalState:
         different = _differences(saved, now)
         if different:
             raise ConfigError(
-                f"{path.parent} holds an evaluation with other settings ({'; '.join(different)}); rerun with "
-                "--restart to discard it, or choose another --out-dir"
+                f"{path.parent} holds an evaluation with other settings or content ({'; '.join(different)}); rerun "
+                "with --restart to discard it, or choose another --out-dir"
             )
 
     @classmethod
@@ -91,7 +128,7 @@ class EvalState:
         """The state saved at `path`, checked against `settings`, or a fresh one.
 
         Raises:
-            ConfigError: the file holds an evaluation with other settings (and `restart` is False), or is not
+            ConfigError: the file holds an evaluation with other settings or content (and `restart` is False), or is not
                 an evaluation state.
         """
         raw = None if restart else cls._read(path)

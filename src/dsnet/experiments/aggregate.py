@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -20,7 +20,16 @@ from typing import Any
 from dsnet.errors import DsnetError
 from dsnet.experiments.cell_eval import read_cell_report
 from dsnet.experiments.grids import GRIDS, METRIC_LABELS, METRICS, STYLES, Cell, count_params
-from dsnet.experiments.layout import RECIPE_FILE, REPORT_NAME, cell_dir, eval_dir, run_dir, tables_dir
+from dsnet.experiments.layout import (
+    RECIPE_FILE,
+    REPORT_NAME,
+    REPRODUCE_WRITER,
+    cell_dir,
+    eval_dir,
+    run_dir,
+    tables_dir,
+)
+from dsnet.runtime.ownership import write_owned
 from dsnet.training.metrics import read_metrics
 
 __all__ = [
@@ -37,6 +46,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+_HINT = "reproduce into another --out-dir"
 
 _DATASET_LABELS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "svhn": "SVHN"}
 _METRIC_HEADERS = {"linf_to_normal": "L∞ distance of learned weights to the normal run (×100)"}
@@ -124,12 +135,13 @@ def _attention_of(folder: Path) -> list[list[float]] | None:
     return weights if isinstance(weights, list) else None
 
 
-def collect(cells: Sequence[Cell], out_dir: str | Path) -> list[RunRecord]:
-    """Reads the evaluation report of every finished cell (unfinished ones are left out)."""
+def collect(cells: Sequence[Cell], out_dir: str | Path, exclude: Collection[str] = ()) -> list[RunRecord]:
+    """Reads the evaluation report of every finished cell (unfinished ones, and the run ids in `exclude`, are left
+    out)."""
     records = []
     for cell in cells:
         report = eval_dir(out_dir, cell) / REPORT_NAME
-        if not report.is_file():
+        if not report.is_file() or cell.run_id in exclude:
             continue
         try:
             metrics = read_cell_report(report.parent)
@@ -395,7 +407,7 @@ def _plot_figure(grid: str, rows: Sequence[RowSummary], path: Path) -> Path | No
         ax.set_title(f"{_DATASET_LABELS.get(dataset, dataset)} {STYLES[style].label}" + (f" ({panel})" if panel
                                                                                        else ""), fontsize=9)
     figure.suptitle(GRIDS[grid].title if grid in GRIDS else grid, fontsize=9)
-    return save_figure(figure, path)
+    return save_figure(figure, path, writer=REPRODUCE_WRITER)
 
 
 def _settings_line(cells: Sequence[Cell]) -> str:
@@ -417,8 +429,11 @@ def _settings_line(cells: Sequence[Cell]) -> str:
 
 
 def write_tables(grid: str, cells: Sequence[Cell], out_dir: str | Path, ddof: int = 0,
-                 scale: str = "") -> tuple[list[Path], str]:
+                 scale: str = "", exclude: Collection[str] = ()) -> tuple[list[Path], str]:
     """Collects, summarises and writes `tables/<grid>.md` and `.csv` (and `.png` for figures).
+
+    Args:
+        exclude: run ids whose reports must not be counted (a finished cell that failed its re-check).
 
     Returns:
         (paths written, the Markdown text).
@@ -426,17 +441,16 @@ def write_tables(grid: str, cells: Sequence[Cell], out_dir: str | Path, ddof: in
     from dsnet.analysis.common import write_csv
 
     out_dir = Path(out_dir)
-    records = collect(cells, out_dir)
+    records = collect(cells, out_dir, exclude)
     rows = summarise(records, cells, out_dir, ddof)
     paper = load_paper(grid)
     markdown = render_markdown(grid, rows, paper, scale=scale, n_runs=len(records), n_cells=len(cells), ddof=ddof,
                                settings=_settings_line(cells))
     folder = tables_dir(out_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    md = folder / f"{grid}.md"
-    md.write_text(markdown)
+    text = markdown.encode("utf-8")
+    md = write_owned(folder / f"{grid}.md", lambda handle: handle.write(text), REPRODUCE_WRITER, hint=_HINT)
     header, lines = csv_rows(grid, rows, paper)
-    paths = [md, write_csv(folder / f"{grid}.csv", header, lines)]
+    paths = [md, write_csv(folder / f"{grid}.csv", header, lines, writer=REPRODUCE_WRITER)]
     if grid.startswith("fig"):
         png = _plot_figure(grid, rows, folder / f"{grid}.png")
         if png is not None:

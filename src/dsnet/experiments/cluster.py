@@ -41,8 +41,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dsnet.errors import ConfigError, DsnetError
-from dsnet.experiments.layout import JOB_FILE, jobs_dir
-from dsnet.runtime.files import write_text_atomic
+from dsnet.experiments.layout import JOB_FILE, REPRODUCE_WRITER, jobs_dir
+from dsnet.runtime.ownership import write_owned
 from dsnet.runtime.lock import FolderLock
 
 if TYPE_CHECKING:
@@ -93,10 +93,22 @@ class ClusterOptions:
     tasks_per_job: int | None = None
 
     def __post_init__(self) -> None:
+        from dsnet.validate import Problems
+
         if self.launcher not in LAUNCHERS[1:]:
             raise ConfigError(f"cluster launcher must be slurm or submitit-local, got {self.launcher!r}")
-        if self.gpus_per_job < 0 or (self.tasks_per_job is not None and self.tasks_per_job < 1):
-            raise ConfigError("--gpus-per-job must be >= 0 and tasks per job >= 1")
+        problems = Problems()
+        problems.integer("--gpus-per-job", self.gpus_per_job, minimum=0)
+        if self.tasks_per_job is not None:
+            problems.integer("tasks per job", self.tasks_per_job, minimum=1)
+        if self.cpus_per_job is not None and problems.integer("--cpus-per-job", self.cpus_per_job, minimum=1) \
+                and not problems and self.cpus_per_job < self.tasks:
+            problems.add(f"--cpus-per-job {self.cpus_per_job} gives less than one core to each of the job's "
+                         f"{self.tasks} processes (one per GPU); ask for at least {self.tasks}")
+        if self.mem_gb is not None:
+            problems.number("--mem", self.mem_gb, strict=True)
+        problems.integer("--time (minutes)", self.timeout_min, minimum=1)
+        problems.raise_if_any()
 
     @property
     def cluster(self) -> str:
@@ -191,7 +203,7 @@ def make_executor(out_dir: str | Path, options: ClusterOptions) -> Any:
                               "have on PATH; submit from a login node of the cluster, or run here with --launcher "
                               "local")
     executor = submitit.AutoExecutor(folder=jobs_dir(out_dir), cluster=options.cluster)
-    cpus = None if options.cpus_per_job is None else max(1, options.cpus_per_job // options.tasks)
+    cpus = None if options.cpus_per_job is None else options.cpus_per_job // options.tasks
     parameters = {"timeout_min": options.timeout_min, "gpus_per_node": options.gpus_per_job, "nodes": 1,
                   "tasks_per_node": options.tasks, "cpus_per_task": cpus, "mem_gb": options.mem_gb,
                   "slurm_partition": options.partition}
@@ -267,7 +279,9 @@ def read_job_record(cell_path: Path) -> JobRecord | None:
 
 def _write_job_record(cell_path: Path, record: JobRecord) -> None:
     payload = {"format": "dsnet-reproduce-job/1", **asdict(record)}
-    write_text_atomic(Path(cell_path) / JOB_FILE, json.dumps(payload, indent=1) + "\n")
+    text = (json.dumps(payload, indent=1) + "\n").encode("utf-8")
+    write_owned(Path(cell_path) / JOB_FILE, lambda handle: handle.write(text), REPRODUCE_WRITER,
+                hint="reproduce into another --out-dir")
 
 
 @dataclass(frozen=True)

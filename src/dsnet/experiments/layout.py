@@ -29,8 +29,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RUNS", "TABLES", "CELL_FILE", "RECIPE_FILE", "TRAIN_DIR", "REPORT_NAME", "AUTOATTACK_DIR", "WORKER_LOG",
-    "JOB_FILE", "JOBS_DIR", "cell_dir", "jobs_dir", "run_dir", "eval_dir", "tables_dir", "training_finished",
-    "cell_state", "CELL_STATES",
+    "JOB_FILE", "JOBS_DIR", "REPRODUCE_WRITER", "cell_dir", "jobs_dir", "run_dir", "eval_dir", "tables_dir",
+    "training_finished", "cell_state", "CELL_STATES",
 ]
 
 RUNS = "runs"
@@ -43,6 +43,8 @@ AUTOATTACK_DIR = "autoattack"
 WORKER_LOG = "worker.log"
 JOB_FILE = "job.json"
 JOBS_DIR = "slurm"
+REPRODUCE_WRITER = "dsnet reproduce"
+"""The writer of a reproduce folder's own files (cell.json, recipe.yaml, job.json, tables/) in their manifests."""
 
 CELL_STATES = ("done", "evaluate", "resume", "train", "waiting")
 """A cell is done (evaluated), trained and waiting to be evaluated, resumable (it has a last.pt), to be trained,

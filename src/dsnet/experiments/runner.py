@@ -2,9 +2,13 @@
 
 The folders under `--out-dir` are those of `dsnet.experiments.layout`.
 
-A cell is finished when its evaluation report exists; it is skipped. A cell whose `train/last.pt` exists is
-resumed (`train(..., resume=True)`, which returns at once when training had finished). Cells derived from
-another run (Table 4's pruned models, Figure 5's learned initialisation) run after their parent.
+A cell is finished when its evaluation report exists. Before its numbers go into a table, a finished cell is
+opened again through `dsnet.evaluation.evaluate` on the CPU: every result is reused from its state file, so nothing
+is computed, but the evaluation's content key is checked (the weights of `train/selected.pt`, the model's code,
+the digest of the test points as they are read now), and a cell whose report no longer matches is reported as
+failed and left out of the table instead of being counted. A cell whose `train/last.pt` exists is resumed
+(`train(..., resume=True)`, which returns at once when training had finished). Cells derived from another run
+(Table 4's pruned models, Figure 5's learned initialisation) run after their parent.
 
 On a CPU, or on one GPU without `--devices`, cells run one after another in this process. With
 `--devices 0,1,...` each cell runs in its own worker process (`python -m dsnet.experiments.runner CELL_DIR
@@ -36,19 +40,20 @@ import yaml
 
 from dsnet.config import RESULT_NEUTRAL_KEYS, config_from_dict
 from dsnet.errors import ConfigError, DsnetError
-from dsnet.experiments.cell_eval import evaluate_cell, read_cell_report
+from dsnet.experiments.cell_eval import evaluate_cell
 from dsnet.experiments.grids import Cell, EvalSpec, Scale, build_grid, with_scale
 from dsnet.experiments.layout import (
     CELL_FILE,
     RECIPE_FILE,
     REPORT_NAME,
+    REPRODUCE_WRITER,
     WORKER_LOG,
     cell_dir,
     cell_state,
     run_dir,
     training_finished,
 )
-from dsnet.runtime.files import write_text_atomic
+from dsnet.runtime.ownership import write_owned
 from dsnet.runtime.lock import FolderLock
 from dsnet.runtime.records import describe_differences, differences, plain
 from dsnet.training.trainer import train
@@ -66,6 +71,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+_FOLDER_HINT = "reproduce into another --out-dir"
 
 
 
@@ -160,7 +167,8 @@ def _write_cell(cell: Cell, out_dir: Path, data_dir: str | Path) -> Path:
             if (run_dir(out_dir, cell) / "last.pt").is_file():
                 raise ConfigError(_conflict_message(cell.run_id, old.get("recipe", {}), cell.recipe, folder))
             (folder / RECIPE_FILE).unlink(missing_ok=True)  # nothing trained yet: the new recipe replaces it
-    write_text_atomic(previous, json.dumps(payload, indent=1) + "\n")
+    text = (json.dumps(payload, indent=1) + "\n").encode("utf-8")
+    write_owned(previous, lambda handle: handle.write(text), REPRODUCE_WRITER, hint=_FOLDER_HINT)
     return folder
 
 
@@ -307,7 +315,8 @@ def _cell_recipe(path: Path, payload: dict[str, Any]) -> dict[str, Any]:
         recipe = None  # nothing trained yet: the cell's new recipe replaces the old one
     if recipe is None:
         recipe = _derive_recipe(payload)
-        write_text_atomic(recipe_file, yaml.safe_dump(recipe, sort_keys=False))
+        text = yaml.safe_dump(recipe, sort_keys=False).encode("utf-8")
+        write_owned(recipe_file, lambda handle: handle.write(text), REPRODUCE_WRITER, hint=_FOLDER_HINT)
     return recipe
 
 
@@ -315,14 +324,14 @@ def _run_locked_cell(path: Path, data_dir: str | Path, device: str | None) -> di
     payload = json.loads((path / CELL_FILE).read_text())
     spec = EvalSpec.from_dict(payload["eval"])
     report = path / "eval" / payload["eval_tag"] / REPORT_NAME
-    if report.is_file():
-        return read_cell_report(report.parent)
+    train_dir = path / "train"
+    if report.is_file():  # finished: reopened, so a report of other weights, code or points is refused, not reused
+        return evaluate_cell(train_dir / "selected.pt", data_dir, report.parent, spec, device=device)
     config = config_from_dict(_cell_recipe(path, payload))
     if device is not None:
         config.train.device = device
     if not sys.stderr.isatty():
         config.train.progress = False
-    train_dir = path / "train"
     if not training_finished(train_dir, config.train.epochs):
         resume = (train_dir / "last.pt").is_file()
         logger.info("%s: %s", payload["run_id"], "resuming training" if resume else "training")
@@ -332,6 +341,19 @@ def _run_locked_cell(path: Path, data_dir: str | Path, device: str | None) -> di
 
 
 # ----------------------------------------------------------------------------------------------- the grid
+
+def _verify_finished(plans: list[CellPlan], data_dir: str | Path, result: ReproduceResult) -> None:
+    """Reopens every finished cell's evaluation on the CPU (nothing is recomputed); a cell whose report no longer
+    matches its checkpoint, code or test points goes to `result.failed` and out of the tables."""
+    for plan in plans:
+        try:
+            run_cell(plan.path, data_dir, device="cpu")
+        except DsnetError as error:
+            message = (f"its finished evaluation does not match the cell any more ({error}); delete "
+                       f"{plan.path / 'eval'} to evaluate it again")
+            logger.error("%s: %s", plan.cell.run_id, message)
+            result.failed[plan.cell.run_id] = message
+
 
 def _run_sequential(plans: list[CellPlan], out_dir: Path, data_dir: str | Path, result: ReproduceResult) -> None:
     for plan in plans:
@@ -441,6 +463,7 @@ def reproduce(
     result = ReproduceResult(grid, plan_cells(cells, out_dir))
     if dry_run:
         return result
+    _verify_finished([p for p in result.plan if p.state == "done"], data_dir, result)
     if not aggregate_only:
         todo = [p for p in result.plan if p.state != "done"]
         logger.info("%s: %d cells, %d to run (%s scale)", grid, len(cells), len(todo), scale.name)
@@ -452,7 +475,7 @@ def reproduce(
                 _run_parallel(batch, out_dir, data_dir, list(devices), result)
             else:
                 _run_sequential(batch, out_dir, data_dir, result)
-    paths, markdown = write_tables(grid, cells, out_dir, scale=scale.name)
+    paths, markdown = write_tables(grid, cells, out_dir, scale=scale.name, exclude=set(result.failed))
     result.tables, result.markdown = paths, markdown
     return result
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from dsnet.errors import CheckpointError
+from dsnet.errors import CheckpointError, NonFiniteError
 from dsnet.runtime.files import remove_temp_files, save_torch_atomic
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "load_tensors_file",
     "load_checkpoint",
     "load_model_state",
+    "check_finite_tensors",
     "capture_rng_state",
     "restore_rng_state",
 ]
@@ -182,6 +183,25 @@ def strip_wrapper_prefixes(weights: dict[str, Any]) -> dict[str, Any]:
     return weights
 
 
+def check_finite_tensors(tensors: Any, where: str, fix: str) -> None:
+    """Raises `NonFiniteError` when a floating-point tensor among `tensors` (name -> tensor items) holds NaN or inf.
+
+    Weights that are not finite give NaN logits, whose argmax is a fixed class: every accuracy would be a plausible
+    few per cent, and every attack would "fail". So such weights are refused where they are first seen.
+
+    Args:
+        tensors: (name, tensor) pairs, e.g. `state_dict.items()` or `model.named_parameters()`.
+        where: what holds them, for the message ("runs/x/last.pt", "the model built by my_net.py:build").
+        fix: what to do, the end of the message.
+    """
+    bad = [(name, t) for name, t in tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        name, tensor = bad[0]
+        count = int((~torch.isfinite(tensor)).sum())
+        raise NonFiniteError(f"{where} holds weights that are NaN or infinite ({len(bad)} tensor(s), e.g. {name} with "
+                             f"{count} of {tensor.numel()} values); {fix}")
+
+
 def load_model_state(model: nn.Module, state: dict[str, Any], *, path: str | Path = "checkpoint",
                      expected_name: str | None = None) -> None:
     """Loads a model's weights from a checkpoint dict (ours) or a bare state dict, strictly.
@@ -190,6 +210,7 @@ def load_model_state(model: nn.Module, state: dict[str, Any], *, path: str | Pat
 
     Raises:
         CheckpointError: the weights belong to another architecture or width; the message names both.
+        NonFiniteError: a weight or buffer is NaN or infinite (`check_finite_tensors`).
     """
     path = Path(path)
     weights = state.get("model", state)
@@ -215,6 +236,7 @@ def load_model_state(model: nn.Module, state: dict[str, Any], *, path: str | Pat
             f"{path} was written for {theirs_name}, not for {ours_name}: {'; '.join(detail)}; "
             "build the model the checkpoint was trained with"
         )
+    check_finite_tensors(weights.items(), str(path), "the run that wrote it diverged: use an earlier checkpoint")
     model.load_state_dict(weights, strict=True)
 
 

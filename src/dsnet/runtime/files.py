@@ -67,10 +67,11 @@ def is_disk_full(error: BaseException, folder: Path | None = None) -> bool:
     return False
 
 
-def disk_full_error(path: Path, hint: str = "free disk space and rerun") -> DiskFullError:
-    """The one-line error for a write of `path` that ran out of space."""
-    return DiskFullError(f"no space left on {path.parent} while writing {path.name}; the previous {path.name} is "
-                         f"intact; {hint}")
+def disk_full_error(path: Path, hint: str = "free disk space and rerun", *, existed: bool = True) -> DiskFullError:
+    """The one-line error for a write of `path` that ran out of space (`existed`: whether an earlier version of the
+    file was there, which is then intact; otherwise no such file was written)."""
+    kept = f"the previous {path.name} is intact" if existed else f"no {path.name} was written"
+    return DiskFullError(f"no space left on {path.parent} while writing {path.name}; {kept}; {hint}")
 
 
 def write_atomic(path: str | Path, write: Callable[[IO[bytes]], Any], *,
@@ -90,12 +91,13 @@ def write_atomic(path: str | Path, write: Callable[[IO[bytes]], Any], *,
         WriteError: any other failure to create or write the file (same guarantees).
     """
     path = Path(path)
+    existed = path.exists()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     except OSError as error:
         if is_disk_full(error):
-            raise disk_full_error(path, hint) from None
+            raise disk_full_error(path, hint, existed=existed) from None
         raise WriteError(f"cannot write {path.name} in {path.parent}: {error.strerror or error}; choose a writable "
                          "folder") from None
     tmp = Path(tmp_name)
@@ -109,11 +111,11 @@ def write_atomic(path: str | Path, write: Callable[[IO[bytes]], Any], *,
     except (OSError, RuntimeError) as error:
         tmp.unlink(missing_ok=True)
         if is_disk_full(error, path.parent):
-            raise disk_full_error(path, hint) from None
+            raise disk_full_error(path, hint, existed=existed) from None
         if isinstance(error, RuntimeError):
             raise
-        raise WriteError(f"could not write {path}: {error.strerror or error}; the previous {path.name} is intact; "
-                         f"{hint}") from None
+        kept = f"the previous {path.name} is intact" if existed else f"no {path.name} was written"
+        raise WriteError(f"could not write {path}: {error.strerror or error}; {kept}; {hint}") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -111,12 +111,13 @@ class MetricsWriter:
         write_text_atomic(self.path, "".join(json.dumps(row) + "\n" for row in kept), hint=_RESUME_HINT)
 
     def _append(self, row: dict[str, Any]) -> None:
+        existed = self.path.exists()
         try:
             with self.path.open("a") as handle:
                 handle.write(json.dumps(row) + "\n")
         except OSError as error:
             if error.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise disk_full_error(self.path, _RESUME_HINT) from None
+                raise disk_full_error(self.path, _RESUME_HINT, existed=existed) from None
             raise
 
     def write(self, row: dict[str, Any]) -> None:

@@ -53,6 +53,7 @@ from dsnet.runtime.distributed import (
 )
 from dsnet.runtime.files import ensure_writable_folder, remove_temp_files, write_text_atomic
 from dsnet.runtime.lock import FolderLock
+from dsnet.runtime.ownership import FolderFiles
 from dsnet.runtime.precision import Precision, resolve_precision
 from dsnet.runtime.records import describe_differences
 from dsnet.training.collapse_guard import CollapseGuard
@@ -64,6 +65,10 @@ from dsnet.training.progress import TrainingProgress
 __all__ = ["train", "TrainResult", "evaluate_robustness", "build_training_data", "selected_epoch_for", "training_step"]
 
 logger = logging.getLogger(__name__)
+
+TRAIN_WRITER = "dsnet train"
+RUN_FILES = ("config.yaml", "train.log", "metrics.jsonl", "last.pt", "selected.pt", "epoch-*.pt", "tensorboard")
+"""The names a training run writes in its folder (reserved in the folder's manifest, `dsnet.runtime.ownership`)."""
 
 
 @dataclass(frozen=True)
@@ -264,11 +269,17 @@ class _Run:
             # One writer per folder, taken before anything is read or cleaned up (FolderLock's docstring).
             self.lock = FolderLock(self.out_dir, "training run", hint="wait for it to finish, or train into another "
                                    "--out-dir").acquire()
+        asked_to_resume = resume
         if resume and not last.exists():
             started_without_checkpoint, resume = True, False
         if not resume and last.exists():
             raise ConfigError(f"{self.out_dir} already holds a run (last.pt); continue it with --resume or "
                               "choose another --out-dir (nothing was overwritten)")
+        if self.ctx.is_main:
+            # A fresh run may not write over files another command or a person put here (a config.yaml of theirs);
+            # --resume adopts a folder of an older dsnet, whose files the manifest does not name yet.
+            FolderFiles(self.out_dir).reserve(RUN_FILES, TRAIN_WRITER, adopt=asked_to_resume,
+                                              hint="train into another --out-dir, or continue a run with --resume")
         if self.ctx.is_main:
             self._attach_log_file()
             for tmp in remove_temp_files(self.out_dir):
