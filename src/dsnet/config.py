@@ -17,7 +17,6 @@ second instead of after a GPU-day:
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,10 @@ import yaml
 
 from dsnet.coerce import EXPONENT, FRACTION, coerce_value, to_float
 from dsnet.errors import ConfigError
+from dsnet.objectives import Objective, build_objective
+from dsnet.registry import suggest
+from dsnet.schedules import Schedule, build_schedule
+from dsnet.validate import Problems
 
 __all__ = [
     "ModelConfig",
@@ -92,9 +95,11 @@ class DataConfig:
     """With `extra_path`: the share of each batch drawn from it (0.7 in Wang et al. 2023)."""
 
     def __post_init__(self) -> None:
-        _check(self.val_size >= 0, "data.val_size", "must be >= 0")
-        _check(0 <= self.extra_fraction < 1, "data.extra_fraction", "must be in [0, 1)")
-        _check(self.train_subset is None or self.train_subset > 0, "data.train_subset", "must be > 0")
+        problems = Problems()
+        problems.require(self.val_size >= 0, "data.val_size must be >= 0")
+        problems.require(0 <= self.extra_fraction < 1, "data.extra_fraction must be in [0, 1)")
+        problems.require(self.train_subset is None or self.train_subset > 0, "data.train_subset must be > 0")
+        problems.raise_if_any()
 
 
 @dataclass
@@ -112,12 +117,14 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         self.attention_betas = tuple(self.attention_betas)  # type: ignore[assignment]
-        _check(self.lr > 0, "optim.lr", "must be > 0")
-        _check(self.attention_lr >= 0, "optim.attention_lr", "must be >= 0")
-        _check(0 <= self.momentum < 1, "optim.momentum", "must be in [0, 1)")
-        _check(self.weight_decay >= 0 and self.attention_weight_decay >= 0, "optim.weight_decay", "must be >= 0")
-        _check(len(self.attention_betas) == 2 and all(0 <= b < 1 for b in self.attention_betas),
-               "optim.attention_betas", "must be two numbers in [0, 1)")
+        problems = Problems()
+        problems.require(self.lr > 0, "optim.lr must be > 0")
+        problems.require(self.attention_lr >= 0, "optim.attention_lr must be >= 0")
+        problems.require(0 <= self.momentum < 1, "optim.momentum must be in [0, 1)")
+        problems.require(self.weight_decay >= 0 and self.attention_weight_decay >= 0, "optim.weight_decay must be >= 0")
+        problems.require(len(self.attention_betas) == 2 and all(0 <= b < 1 for b in self.attention_betas),
+                         "optim.attention_betas must be two numbers in [0, 1)")
+        problems.raise_if_any()
 
 
 @dataclass
@@ -160,20 +167,24 @@ class TrainConfig:
     """With `ema_decay`: the fraction of all training steps before averaging starts (2.5 % in the reference)."""
 
     def __post_init__(self) -> None:
-        _check(self.epochs >= 1, "train.epochs", "must be >= 1")
-        _check(self.batch_size >= 1, "train.batch_size", "must be >= 1")
-        _check(_is_device(self.device), "train.device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
-        _check(self.amp in AMP_MODES, "train.amp", f"must be one of {', '.join(AMP_MODES)}")
-        _check(self.compile in ("auto", True, False), "train.compile",
-               f"must be auto, true or false, got {self.compile!r}")
-        _check(self.selection in SELECTION_POLICIES, "train.selection", f"must be one of {', '.join(SELECTION_POLICIES)}")
-        _check(self.val_pgd_steps >= 1, "train.val_pgd_steps", "must be >= 1")
-        _check(self.eval_every >= 1, "train.eval_every", "must be >= 1")
-        _check(self.log_every >= 1, "train.log_every", "must be >= 1")
-        _check(self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1, "train.max_steps_per_epoch",
-               "must be >= 1")
-        _check(self.ema_decay is None or 0 < self.ema_decay < 1, "train.ema_decay", "must be in (0, 1), or null for off")
-        _check(0 <= self.ema_warmup < 1, "train.ema_warmup", "must be in [0, 1)")
+        problems = Problems()
+        problems.require(self.epochs >= 1, "train.epochs must be >= 1")
+        problems.require(self.batch_size >= 1, "train.batch_size must be >= 1")
+        problems.require(_is_device(self.device), f"train.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        problems.require(self.amp in AMP_MODES, f"train.amp must be one of {', '.join(AMP_MODES)}")
+        problems.require(self.compile in ("auto", True, False),
+                         f"train.compile must be auto, true or false, got {self.compile!r}")
+        problems.require(self.selection in SELECTION_POLICIES,
+                         f"train.selection must be one of {', '.join(SELECTION_POLICIES)}")
+        problems.require(self.val_pgd_steps >= 1, "train.val_pgd_steps must be >= 1")
+        problems.require(self.eval_every >= 1, "train.eval_every must be >= 1")
+        problems.require(self.log_every >= 1, "train.log_every must be >= 1")
+        problems.require(self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1,
+                         "train.max_steps_per_epoch must be >= 1")
+        problems.require(self.ema_decay is None or 0 < self.ema_decay < 1,
+                         "train.ema_decay must be in (0, 1), or null for off")
+        problems.require(0 <= self.ema_warmup < 1, "train.ema_warmup must be in [0, 1)")
+        problems.raise_if_any()
 
 
 _DEFAULT_OBJECTIVE = {"name": "at"}
@@ -188,22 +199,19 @@ class RunConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    objective: Any = field(default_factory=lambda: dict(_DEFAULT_OBJECTIVE))
-    """The training objective (`dsnet.objectives.Objective`), from `name` plus its parameters."""
+    objective: Objective = field(default_factory=lambda: build_objective(**_DEFAULT_OBJECTIVE))
+    """The training objective, from `name` plus its parameters."""
     optim: OptimConfig = field(default_factory=OptimConfig)
-    schedule: Any = field(default_factory=lambda: dict(_DEFAULT_SCHEDULE))
-    """The LR schedule (`dsnet.training.schedules.Schedule`), from `name` plus its parameters; its base LR and
-    length are optim.lr and train.epochs."""
+    schedule: Schedule = None  # type: ignore[assignment] - built in __post_init__ from optim.lr and train.epochs
+    """The LR schedule, from `name` plus its parameters; its base LR and length are optim.lr and train.epochs."""
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
-        from dsnet.objectives import build_objective
-        from dsnet.training.schedules import build_schedule
-
         if isinstance(self.objective, dict):
             self.objective = build_objective(**self.objective)
-        if isinstance(self.schedule, dict):
-            self.schedule = build_schedule(base_lr=self.optim.lr, epochs=self.train.epochs, **self.schedule)
+        if self.schedule is None or isinstance(self.schedule, dict):
+            self.schedule = build_schedule(base_lr=self.optim.lr, epochs=self.train.epochs,
+                                           **(self.schedule or _DEFAULT_SCHEDULE))
 
 
 def _is_device(name: str) -> bool:
@@ -213,11 +221,6 @@ def _is_device(name: str) -> bool:
         return name == "auto" or bool(torch.device(name).type)
     except (RuntimeError, ValueError, TypeError):
         return False
-
-
-def _check(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key} {message}")
 
 
 def _build_section(cls: type, raw: Any, section: str) -> Any:
@@ -231,9 +234,9 @@ def _build_section(cls: type, raw: Any, section: str) -> Any:
     values = {}
     for key, value in raw.items():
         if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f"; did you mean {section}.{close[0]}?" if close else f"; valid keys: {', '.join(names)}"
-            problems.append(f"unknown key {section}.{key}{hint}")
+            hint = suggest(key, names, n=1, cutoff=0.6, shown=lambda name: f"{section}.{name}")
+            hint = hint if hint.startswith("did you mean") else f"valid keys: {', '.join(names)}"
+            problems.append(f"unknown key {section}.{key}; {hint}")
             continue
         try:
             values[key] = coerce_value(value, hints[key], f"{section}.{key}")
@@ -260,9 +263,9 @@ def config_from_dict(raw: dict[str, Any]) -> RunConfig:
     problems = []
     for key in raw:
         if key not in sections:
-            close = difflib.get_close_matches(str(key), sections, n=1)
-            problems.append(f"unknown section {key!r}" + (f"; did you mean {close[0]!r}?" if close else
-                                                          f"; valid sections: {', '.join(sections)}"))
+            hint = suggest(key, sections, n=1, cutoff=0.6)
+            hint = hint if hint.startswith("did you mean") else f"valid sections: {', '.join(sections)}"
+            problems.append(f"unknown section {key!r}; {hint}")
     built: dict[str, Any] = {}
     for name, cls in (("model", ModelConfig), ("data", DataConfig), ("optim", OptimConfig), ("train", TrainConfig)):
         try:
@@ -280,9 +283,6 @@ def config_from_dict(raw: dict[str, Any]) -> RunConfig:
             problems.append(str(error))
     if problems:
         raise ConfigError("; ".join(problems))
-    from dsnet.objectives import build_objective
-    from dsnet.training.schedules import build_schedule
-
     for check in (
         lambda: _check_model(built["model"], built["data"]),
         lambda: _check_dataset(built["data"]),

@@ -20,12 +20,24 @@ __all__ = ["Registry", "suggest", "unknown_name"]
 T = TypeVar("T")
 
 
-def suggest(name: object, valid: Iterable[str], *, cutoff: float = 0.5) -> str:
-    """"did you mean 'x'?" for the close matches of `name` among `valid`, else "valid: a, b, c"."""
+def suggest(name: object, valid: Iterable[str], *, cutoff: float = 0.5, n: int = 3,
+            shown: Callable[[str], str] = repr) -> str:
+    """"did you mean 'x'?" for the close matches of `name` among `valid`, else "valid: a, b, c".
+
+    This is the one place that guesses what a user meant: every unknown name, key or argument in dsnet (registry
+    names, recipe keys and sections, model arguments, objective and schedule parameters) is answered through it.
+
+    Args:
+        name: what was given.
+        valid: the names that exist.
+        cutoff: how close a match must be (difflib's ratio).
+        n: at most this many matches.
+        shown: how a match is written ("'x'", or a dotted key `train.epochs`).
+    """
     valid = list(valid)
-    close = difflib.get_close_matches(str(name), valid, n=3, cutoff=cutoff)
+    close = difflib.get_close_matches(str(name), valid, n=n, cutoff=cutoff)
     if close:
-        return f"did you mean {', '.join(repr(c) for c in close)}?"
+        return f"did you mean {', '.join(shown(c) for c in close)}?"
     return f"valid: {', '.join(valid) or '(none)'}"
 
 

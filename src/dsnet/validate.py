@@ -57,6 +57,12 @@ class Problems:
             return False
         return True
 
+    def require(self, ok: bool, message: str) -> bool:
+        """Adds `message` unless `ok` (a condition that no other check of this class expresses)."""
+        if not ok:
+            self.add(message)
+        return ok
+
     def choice(self, name: str, value: object, choices: Iterable[str]) -> bool:
         """`value` must be one of `choices`."""
         choices = tuple(choices)

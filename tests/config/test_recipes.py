@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from dsnet.config import load_config
-from dsnet.training.schedules import build_schedule
+from dsnet.schedules import build_schedule
 
 CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
 BEYOND_THE_PAPER = ("quickstart", "cifar10_trades_ema_awp_dsnet4")

@@ -49,14 +49,15 @@ from typing import Any, Literal
 import torch
 import torch.nn as nn
 
-from dsnet.attacks.base import Attack, check_inputs, check_int, check_number, register_attack
-from dsnet.attacks.core import eval_mode, frozen_parameters
+from dsnet.attacks.base import Attack, register_attack
+from dsnet.attacks.core import check_inputs, eval_mode, frozen_parameters
 from dsnet.attacks.norms import perturbation_size
 from dsnet.errors import CheckpointError, ConfigError, DsnetError
 from dsnet.runtime.checkpoint import load_tensors_file
 from dsnet.runtime.files import save_torch_atomic
 from dsnet.runtime.hashing import tensors_sha256
 from dsnet.runtime.records import SAVED_NOW, differences
+from dsnet.validate import check_int, check_number
 
 __all__ = ["AutoAttack", "AutoAttackResult", "AUTOATTACK_VERSIONS", "AUTOATTACK_NORMS", "STATE_FILES"]
 

@@ -26,6 +26,7 @@ import torch.nn as nn
 from dsnet.attacks.norms import LINF, Norm, get_norm
 
 __all__ = [
+    "check_inputs",
     "eval_mode",
     "no_gradient_sync",
     "frozen_parameters",
@@ -41,6 +42,27 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """loss_fn(logits, x_adv) -> per-example losses (B,) to be maximised."""
 
 StartKind = Literal["uniform", "normal", "none"]
+
+
+def check_inputs(owner: str, x: torch.Tensor, y: torch.Tensor) -> None:
+    """Checks shapes and types of a batch: x (B, C, H, W) floating point, y (B,) integer labels.
+
+    Values are not checked against [0, 1]: that would cost a device sync per batch.
+
+    Raises:
+        ValueError: when a shape, dtype or device does not fit.
+    """
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(
+            f"{owner}: x must be a float tensor (B, C, H, W) of images in [0, 1], got {shape}"
+            + (f" of {x.dtype}; convert uint8 images with x.float() / 255" if isinstance(x, torch.Tensor) else "")
+        )
+    if not isinstance(y, torch.Tensor) or y.dim() != 1 or y.shape[0] != x.shape[0] or y.is_floating_point():
+        shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+        raise ValueError(f"{owner}: y must be an integer tensor (B,) with B = {x.shape[0]}, got {shape}")
+    if y.device != x.device:
+        raise ValueError(f"{owner}: x is on {x.device} but y is on {y.device}; put both on one device")
 
 
 @contextmanager

@@ -31,11 +31,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from dsnet.attacks.base import check_inputs, check_int
-from dsnet.attacks.core import eval_mode
+from dsnet.attacks.core import check_inputs, eval_mode
 from dsnet.attacks.norms import perturbation_size
 from dsnet.errors import NonFiniteError
 from dsnet.runtime.distributed import all_reduce, shard_positions
+from dsnet.validate import check_int
 
 __all__ = ["AttackFn", "AttackRun", "clean_flags", "attack_run", "correct_flags", "accuracy", "robust_flags",
            "world", "perturbation_stats", "check_finite_batch"]

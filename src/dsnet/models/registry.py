@@ -16,7 +16,6 @@ The model families register themselves when their modules are imported; the regi
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import typing
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from typing import Any
 
 import torch.nn as nn
 
-from dsnet.registry import Registry
+from dsnet.registry import Registry, suggest
 
 __all__ = [
     "ModelInfo",
@@ -176,8 +175,8 @@ def check_model_arguments(name: str, kwargs: dict[str, Any]) -> list[str]:
         if key not in params:
             if takes_any:
                 continue
-            close = difflib.get_close_matches(str(key), valid, n=2, cutoff=0.5)
-            hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+            hint = suggest(key, valid, n=2)
+            hint = f"{hint} " if hint.startswith("did you mean") else ""
             problems.append(f"{key!r} is not an argument of {entry.builder.__name__}; {hint}valid: {', '.join(valid)}")
             continue
         if key in hints and value is not None:

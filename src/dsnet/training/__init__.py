@@ -1,5 +1,5 @@
-"""dsnet.training: the trainer (one loop for every model, objective and number of processes), LR schedules, the
-Fast-AT collapse guard, the fast path (channels_last, regional compilation), metrics and progress.
+"""dsnet.training: the trainer (one loop for every model, objective and number of processes), the Fast-AT collapse
+guard, the fast path (channels_last, regional compilation), metrics and progress. LR schedules are `dsnet.schedules`.
 
 The objectives it trains with are `dsnet.objectives`; what it stands on (processes, checkpoints, files) is
 `dsnet.runtime`. `train(config, data_dir, out_dir)` is what `dsnet train` runs.
@@ -12,8 +12,6 @@ from dsnet.lazy import lazy_exports
 _EXPORTS = {
     "train": "trainer",
     "TrainResult": "trainer",
-    "build_schedule": "schedules",
-    "SCHEDULES": "schedules",
     "CollapseGuard": "collapse_guard",
 }
 

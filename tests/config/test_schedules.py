@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dsnet.errors import ConfigError, UnknownNameError
-from dsnet.training.schedules import SCHEDULES, build_schedule
+from dsnet.schedules import SCHEDULES, build_schedule
 
 # The authors' recipes (reference/training_and_baselines.md §2.1; dsnet_reference.md §4.2).
 CIFAR_AT = dict(name="piecewise", base_lr=0.1, epochs=120, milestones=[60, 90, 110], factors=[0.1, 0.01, 0.005])
