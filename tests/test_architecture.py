@@ -23,7 +23,7 @@ PACKAGE = Path(dsnet.__file__).parent
 
 LAYERS = (
     ("errors", "lazy"),
-    ("dsnet", "registry", "coerce"),
+    ("dsnet", "registry", "coerce", "options"),
     ("validate", "runtime"),
     ("models", "data", "attacks", "schedules"),
     ("objectives",),
@@ -146,7 +146,7 @@ def test_an_objective_in_one_file_trains_and_is_evaluated_with_its_own_step(
         cifar10_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The README's worked example, verbatim in spirit: one file, one decorator, nothing else edited."""
     from dsnet.config import config_from_dict
-    from dsnet.evaluation.presets import resolve_preset
+    from dsnet.evaluation.threat_models import resolve_preset
     from dsnet.objectives import OBJECTIVES
     from dsnet.training.trainer import train
 
@@ -200,3 +200,13 @@ class CleanLogitPairing(PGDObjective):
     assert resolve_preset("paper", "clean_logit_pairing")["pgd"]["step_size"] == 0.005
     with pytest.raises(ConfigError, match="weigth.*did you mean 'weight'"):
         config_from_dict(tiny_recipe(objective={"name": "clean_logit_pairing", "weigth": 1.0}))
+
+
+def test_the_command_line_is_built_without_importing_torch() -> None:
+    """`dsnet -h` answers at once: building every subcommand's parser imports no torch (each command imports what it
+    runs when it runs)."""
+    import subprocess
+
+    code = "import sys, dsnet.cli; dsnet.cli.build_parser(); print(sorted(m for m in sys.modules if m == 'torch'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out

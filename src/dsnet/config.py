@@ -20,16 +20,18 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from dsnet.coerce import EXPONENT, FRACTION, coerce_value, to_float
 from dsnet.errors import ConfigError
-from dsnet.objectives import Objective, build_objective
 from dsnet.registry import suggest
-from dsnet.schedules import Schedule, build_schedule
 from dsnet.validate import Problems
+
+if TYPE_CHECKING:  # built on first use: reading a recipe's names for `dsnet -h` must not import torch
+    from dsnet.objectives import Objective
+    from dsnet.schedules import Schedule
 
 __all__ = [
     "ModelConfig",
@@ -199,7 +201,7 @@ class RunConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    objective: Objective = field(default_factory=lambda: build_objective(**_DEFAULT_OBJECTIVE))
+    objective: Objective = None  # type: ignore[assignment] - built in __post_init__ (the default: `at`)
     """The training objective, from `name` plus its parameters."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: Schedule = None  # type: ignore[assignment] - built in __post_init__ from optim.lr and train.epochs
@@ -207,8 +209,11 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
-        if isinstance(self.objective, dict):
-            self.objective = build_objective(**self.objective)
+        from dsnet.objectives import build_objective
+        from dsnet.schedules import build_schedule
+
+        if self.objective is None or isinstance(self.objective, dict):
+            self.objective = build_objective(**(self.objective or _DEFAULT_OBJECTIVE))
         if self.schedule is None or isinstance(self.schedule, dict):
             self.schedule = build_schedule(base_lr=self.optim.lr, epochs=self.train.epochs,
                                            **(self.schedule or _DEFAULT_SCHEDULE))
@@ -283,6 +288,9 @@ def config_from_dict(raw: dict[str, Any]) -> RunConfig:
             problems.append(str(error))
     if problems:
         raise ConfigError("; ".join(problems))
+    from dsnet.objectives import build_objective
+    from dsnet.schedules import build_schedule
+
     for check in (
         lambda: _check_model(built["model"], built["data"]),
         lambda: _check_dataset(built["data"]),

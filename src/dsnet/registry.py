@@ -1,5 +1,10 @@
-"""One small registry class, reused for models, atomic blocks, objectives, attacks, datasets, schedules, presets,
-grids and scales, and the one "did you mean" helper every name lookup uses.
+"""One small registry class, reused for models, atomic blocks, objectives, attacks, datasets, threat models,
+schedules and presets, and the one "did you mean" helper every name lookup uses.
+
+One mechanism fills every registry: an entry registers itself in the file that defines it (a decorator on a class
+or function, a `register_*` call for an entry that is data), and a registry that names its `package` imports every
+module of that package before its first lookup. No list names the files, so adding a model, block, objective,
+attack, dataset or threat model is one new file in its package (or, from your own code, an import of your file).
 
 Names are lowercase snake_case. Registering a name twice is an error (a silent overwrite would make a
 user's block replace ours without notice). An unknown name raises `UnknownNameError` that lists the
@@ -10,6 +15,8 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import importlib
+import pkgutil
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -57,25 +64,29 @@ class Registry(Generic[T]):
     Args:
         kind: what the entries are, in words ("model", "atomic block"); used in error messages.
         hint: what a user can run to see the valid names (shown when a name is unknown).
-        populate: called once, before the first lookup, to import the modules whose entries register
-            themselves (so that importing a package costs nothing until a name is needed).
+        package: the package whose modules define the entries ("dsnet.attacks"); every module of it is imported
+            once, before the first lookup (so importing a package costs nothing until a name is needed). None
+            for a registry whose entries live in the module that defines it.
         order: names listed first, in this order, whatever order their modules were imported in; the others
             follow in registration order.
     """
 
-    def __init__(self, kind: str, hint: str | None = None, populate: Callable[[], None] | None = None,
+    def __init__(self, kind: str, hint: str | None = None, *, package: str | None = None,
                  order: Iterable[str] = ()) -> None:
         self.kind = kind
         self.hint = hint
-        self._populate = populate
+        self.package = package
+        self._scanned = package is None
         self._order = tuple(order)
         self._entries: dict[str, T] = {}
         self._meta: dict[str, Any] = {}
 
     def _ready(self) -> dict[str, T]:
-        if self._populate is not None:
-            populate, self._populate = self._populate, None
-            populate()
+        if not self._scanned:
+            self._scanned = True  # first: a module that looks a name up while it is imported must not rescan
+            package = importlib.import_module(self.package)  # type: ignore[arg-type]
+            for module in pkgutil.iter_modules(package.__path__):
+                importlib.import_module(f"{self.package}.{module.name}")
         return self._entries
 
     def register(self, name: str | None = None, *, meta: Any = None) -> Callable[[T], T]:

@@ -11,8 +11,8 @@ import pytest
 
 from dsnet.attacks import ATTACKS, FGSM, PGD, AutoAttack, CWInf, build_attack
 from dsnet.errors import ConfigError, UnknownNameError
-from dsnet.evaluation.command import THREAT_MODEL_CHOICES
-from dsnet.evaluation.presets import DEFAULT_ATTACKS, PRESETS, THREAT_MODELS, build_attacks, resolve_preset
+from dsnet.evaluation.config import suite_names
+from dsnet.evaluation.threat_models import DEFAULT_ATTACKS, PRESETS, THREAT_MODELS, build_attacks, resolve_preset
 from dsnet.objectives import OBJECTIVES
 
 TRAINED_WITH = OBJECTIVES.names()
@@ -28,7 +28,7 @@ def test_registry_names():
     covered = {name for key in THREAT_MODELS.names() for preset in THREAT_MODELS.get(key).presets.names()
                for name in THREAT_MODELS.get(key).presets.get(preset)}
     assert covered == set(ATTACKS.names())
-    assert [THREAT_MODELS.get(k).name for k in THREAT_MODELS.names()] == list(THREAT_MODEL_CHOICES)
+    assert suite_names() == ["Linf", "L2", "L1", "corruptions"]  # the threat models in order, then corruptions
 
 
 @pytest.mark.parametrize("trained_with", ["at", "mart", "trades"])

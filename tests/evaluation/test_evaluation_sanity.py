@@ -7,7 +7,7 @@ import json
 import torch
 
 from dsnet.evaluation import check_eps_sweep, check_ordering, check_perturbations, check_square, eps_fraction
-from dsnet.evaluation.export import claim_eps
+from dsnet.evaluation.report import claim_eps
 from dsnet.evaluation.report import dumps_json, flags_from_string, flags_to_string
 
 LABELS = {"clean": "Natural", "fgsm": "FGSM", "pgd": "PGD-20", "cw_inf": "CW∞-30", "autoattack": "AA"}

@@ -5,7 +5,7 @@ Every attack is configured once with keyword arguments and called as `attack(mod
 images in [0, 1]. Attacks run the model in eval mode and give every submodule its mode back, draw randomness
 from their own seeded generator (the global RNG is never touched), and return points inside the ε-ball and
 [0, 1]. `attack.evaluate(...)` (or `robust_flags`) gives the per-point robust flags on a whole set of points,
-sharded across processes. The evaluation presets of SPEC.md §5 are `dsnet.evaluation.presets`.
+sharded across processes. The evaluation presets of SPEC.md §5 are `dsnet.evaluation.threat_models`.
 """
 
 from __future__ import annotations

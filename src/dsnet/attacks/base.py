@@ -11,7 +11,6 @@ Settings are checked when the attack is built; a bad value raises `ConfigError` 
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -28,13 +27,8 @@ from dsnet.validate import check_int, check_number
 __all__ = ["Attack", "ATTACKS", "register_attack", "build_attack", "check_inputs", "check_number", "check_int"]
 
 
-def _import_attacks() -> None:
-    for module in ("gradient", "autoattack"):
-        importlib.import_module(f"dsnet.attacks.{module}")
-
-
 ATTACKS: Registry[Callable[..., Attack]] = Registry("attack", hint="see dsnet.attacks.ATTACKS.names()",
-                                                    populate=_import_attacks)
+                                                    package="dsnet.attacks")
 """Attack name -> constructor (keyword arguments only); the metadata is a one-line description."""
 
 

@@ -37,6 +37,7 @@ from dsnet.registry import Registry
 __all__ = [
     "DATASETS",
     "DatasetInfo",
+    "register_dataset",
     "ImageSplit",
     "Resource",
     "download_dataset",
@@ -46,7 +47,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DATASETS: Registry[DatasetInfo] = Registry("dataset")
+DATASETS: Registry[DatasetInfo] = Registry("dataset", package="dsnet.data")
+"""Every dataset, registered by `register_dataset` in the file that defines it (a module of `dsnet.data`)."""
 
 # The command that fetches a dataset; named in the messages about missing files.
 DOWNLOAD_COMMAND = "dsnet download {name} --data-dir {root}"
@@ -106,6 +108,12 @@ class DatasetInfo:
         """Raises `UnknownNameError` when `split` is not one of this dataset's splits."""
         if split not in self.files:
             raise UnknownNameError(f"unknown split {split!r} of {self.name}; valid splits: {', '.join(self.files)}")
+
+
+def register_dataset(info: DatasetInfo) -> DatasetInfo:
+    """Registers a dataset under `info.name` (in the file that defines it) and returns it."""
+    DATASETS.add(info.name, info)
+    return info
 
 
 @dataclass(frozen=True, eq=False)
@@ -310,8 +318,7 @@ _SVHN_MD5 = {
     "extra": "a93ce644f1a588dc4d68dda5feec44a7",
 }
 
-DATASETS.add(
-    "cifar10",
+register_dataset(
     DatasetInfo(
         name="cifar10",
         num_classes=10,
@@ -325,8 +332,7 @@ DATASETS.add(
         homepage="https://www.cs.toronto.edu/~kriz/cifar.html",
     ),
 )
-DATASETS.add(
-    "cifar100",
+register_dataset(
     DatasetInfo(
         name="cifar100",
         num_classes=100,
@@ -337,8 +343,7 @@ DATASETS.add(
         homepage="https://www.cs.toronto.edu/~kriz/cifar.html",
     ),
 )
-DATASETS.add(
-    "svhn",
+register_dataset(
     DatasetInfo(
         name="svhn",
         num_classes=10,

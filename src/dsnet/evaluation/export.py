@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -57,7 +56,7 @@ from dsnet.runtime.hashing import file_sha256, tensors_sha256
 from dsnet.runtime.ownership import FolderFiles
 
 __all__ = ["export_model", "load_exported", "robustbench_claim", "claim_path", "with_input_normalization",
-           "ExportResult", "EXPORT_FORMAT", "EXPORT_WRITER", "FLAG_TIE", "claim_eps"]
+           "ExportResult", "EXPORT_FORMAT", "EXPORT_WRITER", "FLAG_TIE"]
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +105,7 @@ def with_input_normalization(model: nn.Module, mean: Sequence[float], std: Seque
     Returns:
         The same module, now mapping (B, 3, H, W) images in [0, 1] to logits.
     """
-    from dsnet.evaluation.loading import check_normalization
+    from dsnet.evaluation.config import check_normalization
 
     mean, std = check_normalization(mean, std, channels=len(mean))
     if hasattr(model, "input_mean"):
@@ -122,18 +121,12 @@ def with_input_normalization(model: nn.Module, mean: Sequence[float], std: Seque
     return model
 
 
-def claim_eps(eps: float) -> str:
-    """ε as RobustBench writes it: "8/255" when it is k/255, else the number ("0.031")."""
-    k = eps * 255
-    return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 else f"{eps:g}"
-
-
 def robustbench_claim(report: Mapping[str, Any], *, architecture: str, additional_data: bool = False) -> dict[str, Any]:
     """A RobustBench claim (`model_info/<dataset>/<threat model>/<name>.json`) from an evaluation report.
 
     Accuracies are percentages as strings with two decimals; `reported` is the report's number for the
-    leaderboard (AutoAttack's accuracy for Linf and L2, the mean corruption accuracy for corruptions); link, name,
-    authors and venue are left empty for the user.
+    leaderboard, as its suite says (AutoAttack's accuracy for Linf and L2, the mean corruption accuracy for the
+    corruptions); link, name, authors and venue are left empty for the user.
 
     Args:
         report: the content of a `report.json` written by `dsnet eval`.
@@ -144,15 +137,13 @@ def robustbench_claim(report: Mapping[str, Any], *, architecture: str, additiona
         ConfigError: the report's threat model, dataset or ε is not a leaderboard's, or it lacks the leaderboard's
             number (AutoAttack, or one of the 75 corruption results).
     """
-    from dsnet.evaluation.presets import get_threat_model
+    from dsnet.evaluation.config import get_suite
 
-    accuracy = report.get("accuracy") or {}
-    threat_data = report.get("threat_model") or {}
-    threat = get_threat_model(threat_data.get("name") or "Linf")
+    suite = get_suite((report.get("threat_model") or {}).get("name") or "Linf")
     dataset = report.get("dataset", "")
-    if dataset not in threat.leaderboard_eps:
-        boards = ", ".join(threat.leaderboard_eps) or "none"
-        raise ConfigError(f"RobustBench has no {threat.name} leaderboard for {dataset} (it has: {boards}); no claim "
+    if dataset not in suite.leaderboard_eps:
+        boards = ", ".join(suite.leaderboard_eps) or "none"
+        raise ConfigError(f"RobustBench has no {suite.name} leaderboard for {dataset} (it has: {boards}); no claim "
                           "is written")
     claim: dict[str, Any] = {
         "link": "",
@@ -163,31 +154,8 @@ def robustbench_claim(report: Mapping[str, Any], *, architecture: str, additiona
         "dataset": dataset,
         "venue": "",
         "architecture": architecture,
+        **suite.leaderboard_numbers(report),
     }
-    if threat.norm is None:
-        corruptions = (report.get("corruptions") or {}).get("accuracy") or {}
-        from dsnet.data.corruptions import CORRUPTIONS, SEVERITIES
-
-        missing = [f"{c} {k}" for c in CORRUPTIONS for k in SEVERITIES if str(k) not in corruptions.get(c, {})]
-        if missing:
-            raise ConfigError(f"the report lacks {len(missing)} of the 75 corruption results (e.g. {missing[0]}); "
-                              "the leaderboard's number is the mean over all 15 corruptions at severities 1 to 5")
-        mean = f"{100 * report['corruptions']['mean']:.2f}"
-        claim.update({"eps": None, "clean_acc": f"{100 * accuracy['clean']:.2f}", "reported": mean,
-                      "corruptions_acc": mean})
-    else:
-        if "autoattack" not in accuracy:
-            raise ConfigError("the report has no AutoAttack result; run `dsnet eval` with autoattack (the default) "
-                              "before writing a RobustBench claim")
-        eps, board = float(threat_data["eps"]), threat.leaderboard_eps[dataset]
-        if not math.isclose(eps, board, rel_tol=1e-6) or threat_data.get("custom_overrides"):
-            why = "custom attack settings" if math.isclose(eps, board, rel_tol=1e-6) else f"ε = {claim_eps(eps)}"
-            raise ConfigError(f"the report was made with {why}, but RobustBench's {threat.name} {dataset} leaderboard "
-                              f"is at ε = {claim_eps(board)} with the standard attacks; evaluate again with "
-                              f"`dsnet eval --threat-model {threat.name} --preset standard` for a claim")
-        aa = f"{100 * accuracy['autoattack']:.2f}"
-        claim.update({"eps": claim_eps(eps), "clean_acc": f"{100 * accuracy['clean']:.2f}", "reported": aa,
-                      "autoattack_acc": aa})
     selection = report.get("selection") or {}
     if selection.get("n", 0) < selection.get("total", 0):
         claim["footnote"] = (f"Evaluated on {selection['n']} of {selection['total']} test points "

@@ -27,7 +27,6 @@ NaN or infinite are refused when they are loaded.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,13 +35,12 @@ import torch
 import torch.nn as nn
 
 from dsnet.errors import CheckpointError, ConfigError, NonFiniteError, UnknownNameError
+from dsnet.evaluation.config import WEIGHT_CHOICES, check_normalization
 from dsnet.runtime.hashing import model_code_sha256, state_dict_sha256
 
 __all__ = ["LoadedModel", "load_model_for_evaluation", "WEIGHT_CHOICES", "NormalizedInput", "probe_images",
-           "PROBE_BATCH", "check_normalization"]
+           "PROBE_BATCH"]
 
-WEIGHT_CHOICES = ("auto", "ema", "raw")
-"""Which weights of a training checkpoint to evaluate: auto (the weight average when there is one), ema, raw."""
 
 logger = logging.getLogger(__name__)
 
@@ -117,31 +115,6 @@ def _trained_with(given: str | None, config: dict[str, Any], path: object) -> tu
         raise UnknownNameError(f"training objective {trained_with!r} has no evaluation step preset; pass "
                                f"--trained-with one of {', '.join(OBJECTIVES.names())}")
     return trained_with, source
-
-
-def check_normalization(mean: Any, std: Any, channels: int = 3) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """A per-channel (mean, std) as floats, checked: `channels` finite means and `channels` finite stds > 0.
-
-    Every place that takes a normalisation (`--normalize`, `evaluate(normalize=...)`, an export's input convention)
-    checks it here, before anything is loaded: a NaN mean or a zero std would make every logit NaN.
-
-    Raises:
-        ConfigError: naming the bad value.
-    """
-    try:
-        mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
-    except (TypeError, ValueError):
-        raise ConfigError(f"the normalisation takes {channels} numbers for the mean and {channels} for the std, got "
-                          f"{mean!r} and {std!r}") from None
-    if len(mean) != channels or len(std) != channels:
-        raise ConfigError(f"the normalisation takes {channels} numbers for the mean and {channels} for the std "
-                          f"(one per channel), got {len(mean)} and {len(std)}: --normalize 0.49,0.48,0.45 "
-                          "0.25,0.24,0.26")
-    bad = [f"mean {v}" for v in mean if not math.isfinite(v)] + [f"std {v}" for v in std
-                                                                    if not (math.isfinite(v) and v > 0)]
-    if bad:
-        raise ConfigError(f"the normalisation needs finite means and finite stds > 0, got {', '.join(bad)}")
-    return mean, std
 
 
 class NormalizedInput(nn.Module):

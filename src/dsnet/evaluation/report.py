@@ -8,9 +8,8 @@ from it, atomically; nothing lives only in a log.
 In `report.json` the per-point flags are strings of "0"/"1" (one character per evaluated point, in the order
 of `points.indices`; "1" = still classified correctly), so the file stays readable at 10,000 points.
 
-Under the corruptions threat model the metrics are the corruptions at each severity (`fog_s3`), and the report
-adds the accuracy table (corruption × severity), the mean over all of them (RobustBench's corruptions accuracy)
-and a heat map, `corruptions.png`.
+What is particular to the suite evaluated (a threat model's line and headline; the corruptions' table, mean and heat
+map) comes from the suite (`dsnet.evaluation.suite.Suite`), so the report itself does not branch on it.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -28,14 +27,17 @@ from dsnet.evaluation.points import PointSelection
 from dsnet.evaluation.sanity import SanityCheck
 from dsnet.runtime.files import write_text_atomic
 
+if TYPE_CHECKING:
+    from dsnet.evaluation.suite import Suite
+
 __all__ = [
     "AttackOutcome",
     "EvalReport",
     "REPORT_FORMAT",
     "REPORT_FILES",
     "REPORT_JSON",
-    "METRIC_ORDER",
     "eps_fraction",
+    "claim_eps",
     "flags_to_string",
     "flags_from_string",
     "dumps_json",
@@ -43,21 +45,11 @@ __all__ = [
 
 REPORT_FORMAT = "dsnet-eval-report/1"
 
-REPORT_JSON, REPORT_MD, CORRUPTIONS_PNG = "report.json", "report.md", "corruptions.png"
-REPORT_FILES = (REPORT_JSON, REPORT_MD, CORRUPTIONS_PNG)
-"""The files `EvalReport.write` writes (the heat map only for corruptions)."""
-
-METRIC_ORDER = ("clean", "fgsm", "fgsm_textbook", "pgd", "cw_inf", "cw_l2", "autoattack")
-"""The paper's column order (Natural, FGSM, PGD-20, CW∞, AA); other attacks follow in the order given."""
+REPORT_JSON, REPORT_MD = "report.json", "report.md"
+REPORT_FILES = (REPORT_JSON, REPORT_MD)
+"""The files `EvalReport.write` writes for every suite (a suite may add its own: `Suite.files`)."""
 
 _SHORT_LABELS = {"clean": "Natural", "autoattack": "AA"}
-
-
-def _preset_note(preset: str, threat_model: str = "Linf") -> str:
-    from dsnet.evaluation.presets import get_threat_model
-
-    presets = get_threat_model(threat_model).presets
-    return presets.get(preset).description if preset in presets else ""
 
 
 def eps_fraction(eps: float) -> str:
@@ -68,6 +60,12 @@ def eps_fraction(eps: float) -> str:
     if abs(k - round(k)) < 1e-6:
         return f"{round(k)}/255"
     return f"{k:.4g}/255"
+
+
+def claim_eps(eps: float) -> str:
+    """ε as RobustBench writes it: "8/255" when it is k/255, else the number ("0.031")."""
+    k = eps * 255
+    return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 else f"{eps:g}"
 
 
 def flags_to_string(flags: torch.Tensor) -> str:
@@ -149,11 +147,12 @@ class EvalReport:
         runtime_s: wall time of this call.
         overrides: attack settings changed from the preset (makes the evaluation "custom").
         out_dir: where the files were written (None when not written).
-        threat_model: "Linf", "L2", "L1" or "corruptions".
+        threat_model: the suite's name: "Linf", "L2", "L1" or "corruptions".
         eps_override: the ε given instead of the preset's (None when the preset's was used).
         warnings: what a reader of the numbers must know (a model that ignores its input, an unusual ε).
         data: where the points came from and what they were: {"dir": the data folder, "sha256": the digest of the
             evaluated images and labels}, so an export can check that it reproduces these numbers on these points.
+        suite: what was measured (a threat model, or the corruptions): its sections of the report.
     """
 
     checkpoint: str
@@ -178,6 +177,13 @@ class EvalReport:
     eps_override: float | None = None
     warnings: list[str] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)
+    suite: Suite | None = None
+
+    def __post_init__(self) -> None:
+        if self.suite is None:
+            from dsnet.evaluation.config import get_suite
+
+            self.suite = get_suite(self.threat_model)
 
     # ------------------------------------------------------------------------------------------ numbers
     @property
@@ -223,34 +229,8 @@ class EvalReport:
 
     @property
     def norm(self) -> str | None:
-        """The threat model's norm ("Linf", "L2", "L1"), None for corruptions."""
-        return None if self.threat_model == "corruptions" else self.threat_model
-
-    @property
-    def corruption_accuracy(self) -> dict[str, dict[int, float]]:
-        """corruption -> severity -> accuracy, for the corruption metrics of this report (empty otherwise)."""
-        table: dict[str, dict[int, float]] = {}
-        for outcome in self.outcomes:
-            corruption, severity = outcome.config.get("corruption"), outcome.config.get("severity")
-            if corruption is not None and severity is not None:
-                table.setdefault(corruption, {})[int(severity)] = outcome.accuracy
-        return table
-
-    @property
-    def corruption_mean(self) -> float:
-        """The mean accuracy over every corruption and severity evaluated (RobustBench's corruptions accuracy)."""
-        values = [acc for row in self.corruption_accuracy.values() for acc in row.values()]
-        return sum(values) / len(values) if values else math.nan
-
-    def _threat_line(self) -> str:
-        if self.norm is None:
-            return f"- threat model: common corruptions, preset **{self.preset}**"
-        symbol = {"Linf": "L∞"}.get(self.norm, self.norm)
-        radius = f"ε = {self.eps:g}" + (f" ({eps_fraction(self.eps)})" if self.norm == "Linf" else "")
-        custom = [part for part in ("custom overrides" if self.overrides else "",
-                                    "ε given by --eps" if self.eps_override is not None else "") if part]
-        return f"- threat model: {symbol}, {radius}, preset **{self.preset}**" + (
-            f" with {' and '.join(custom)}" if custom else "")
+        """The threat model's norm ("Linf", "L2", "L1"), None for the corruptions."""
+        return self.suite.norm  # type: ignore[union-attr]
 
     # -------------------------------------------------------------------------------------------- JSON
     def to_dict(self, include_points: bool = True) -> dict[str, Any]:
@@ -281,7 +261,7 @@ class EvalReport:
                              "eps": self.eps if math.isfinite(self.eps) else None,
                              "eps_255": eps_fraction(self.eps) if self.norm == "Linf" else None,
                              "eps_override": self.eps_override,
-                             "preset": self.preset, "preset_description": _preset_note(self.preset, self.threat_model),
+                             "preset": self.preset, "preset_description": self._preset_note(),
                              "step_note": self.step_note, "custom_overrides": dict(self.overrides)},
             "accuracy": self.accuracy,
             "warnings": list(self.warnings),
@@ -292,14 +272,13 @@ class EvalReport:
             "sanity_checks": [check.to_dict() for check in self.sanity_checks],
             "eps_sweep": ({"n": self.eps_sweep_n, "points": [{"eps": e, "accuracy": a} for e, a in self.eps_sweep]}
                           if self.eps_sweep else None),
-            "corruptions": ({"accuracy": {c: {str(k): v for k, v in row.items()}
-                                          for c, row in self.corruption_accuracy.items()},
-                             "mean": self.corruption_mean} if self.norm is None else None),
+            "corruptions": None,  # filled by the corruption suite's section; the key is always there
             "seeds": dict(self.seeds),
             "versions": dict(self.versions),
             "device": dict(self.device),
             "runtime_s": {"total": self.runtime_s, **{o.name: o.runtime_s for o in self.outcomes}},
         }
+        payload.update(self.suite.json_section(self))  # type: ignore[union-attr]
         if include_points:
             payload["points"] = {
                 "indices": self.selection.indices.tolist(),
@@ -315,15 +294,14 @@ class EvalReport:
         lines = [f"# Robustness of `{model['name']}` on {self.dataset} ({self.split})", ""]
         lines += [
             f"- checkpoint: `{self.checkpoint}`" + (f" (epoch {model['epoch']})" if model.get("epoch") else ""),
-            self._threat_line(),
+            self.suite.threat_line(self),  # type: ignore[union-attr]
             f"- points: n = {self.n}, {self.selection.description}",
             *([f"- step sizes: {self.step_note}"] if self.step_note else []),
             "",
         ]
         if self.warnings:
             lines += [f"**Warning:** {warning}" for warning in self.warnings] + [""]
-        if self.norm is None:
-            lines += self._corruption_markdown()
+        lines += self.suite.markdown_section(self)  # type: ignore[union-attr]
         lines += [
             "| " + " | ".join([o.short_label for o in self.outcomes] + ["Worst case"]) + " |",
             "|" + "---:|" * (len(self.outcomes) + 1),
@@ -356,7 +334,7 @@ class EvalReport:
             lines += [f"- {warning}" for warning in aa.get("warnings", [])]
         lines += ["", "## Sanity checks (gradient masking)", ""]
         if not self.sanity_checks:
-            lines.append("Not applicable: corruptions are not attacks, so there are no gradients to mask.")
+            lines.append(self.suite.no_checks_note)  # type: ignore[union-attr]
         for check in self.sanity_checks:
             lines.append(f"- **{check.status.upper()}** - {check.title}: {check.message}")
         if self.eps_sweep:
@@ -373,7 +351,7 @@ class EvalReport:
             f"{model.get('parameters', 0):,} parameters, weights sha256 {str(model.get('weights_sha256', ''))[:16]}…",
             f"- trained with: {model.get('trained_with')} ({model.get('trained_with_source')})",
             f"- model source: {_source_text(model.get('source') or {})}",
-            f"- preset {self.preset}: {_preset_note(self.preset, self.threat_model)}",
+            f"- preset {self.preset}: {self._preset_note()}",
             f"- seeds: {', '.join(f'{k} {v}' for k, v in self.seeds.items())}",
             f"- device: {self.device.get('name')} × {self.device.get('world_size')} process(es), fp32",
             f"- versions: {', '.join(f'{k} {v}' for k, v in self.versions.items())}",
@@ -383,36 +361,19 @@ class EvalReport:
         ]
         return "\n".join(lines)
 
-    def _corruption_markdown(self) -> list[str]:
-        table = self.corruption_accuracy
-        severities = sorted({k for row in table.values() for k in row})
-        lines = [f"**Mean corruption accuracy: {100 * self.corruption_mean:.2f} %** over {len(table)} corruptions × "
-                 f"{len(severities)} severities (clean: {100 * self.outcome('clean').accuracy:.2f} %).", "",
-                 "| Corruption | " + " | ".join(f"severity {k}" for k in severities) + " | mean |",
-                 "|---|" + "---:|" * (len(severities) + 1)]
-        for corruption, row in table.items():
-            values = [row[k] for k in severities if k in row]
-            lines.append(f"| {corruption} | " + " | ".join(f"{100 * row[k]:.2f}" if k in row else "-" for k in severities)
-                         + f" | {100 * sum(values) / len(values):.2f} |")
-        means = [[row[k] for row in table.values() if k in row] for k in severities]
-        lines.append("| **mean** | " + " | ".join(f"{100 * sum(m) / len(m):.2f}" for m in means)
-                     + f" | **{100 * self.corruption_mean:.2f}** |")
-        lines += ["", "Accuracy in % on the corrupted copies of the same n test points; `corruptions.png` draws "
-                  "this table.", "", "## Every metric", ""]
-        return lines
+    def _preset_note(self) -> str:
+        presets = self.suite.presets  # type: ignore[union-attr]
+        return presets.get(self.preset).description if self.preset in presets else ""
 
     def write(self, out_dir: str | Path) -> tuple[Path, ...]:
-        """Writes `report.json` and `report.md` (and `corruptions.png` for corruptions) into `out_dir`, atomically,
-        and returns their paths."""
+        """Writes `report.json` and `report.md` (and the suite's own files, e.g. the corruptions' heat map) into
+        `out_dir`, atomically, and returns their paths."""
         out_dir = Path(out_dir)
         json_path, md_path = out_dir / REPORT_JSON, out_dir / REPORT_MD
         write_text_atomic(json_path, dumps_json(self.to_dict()) + "\n")
         write_text_atomic(md_path, self.to_markdown())
         self.out_dir = out_dir
-        if self.norm is None and self.corruption_accuracy:
-            return json_path, md_path, _corruption_heatmap(self.corruption_accuracy, out_dir / CORRUPTIONS_PNG,
-                                                           f"{self.model['name']} on {self.dataset}-C")
-        return json_path, md_path
+        return (json_path, md_path, *self.suite.write_files(self, out_dir))  # type: ignore[union-attr]
 
 
 def _settings_text(config: dict[str, Any]) -> str:
@@ -445,28 +406,3 @@ def _source_text(source: dict[str, Any]) -> str:
     if source.get("normalize"):
         parts.append(f"inputs normalised with mean {source['normalize']['mean']} std {source['normalize']['std']}")
     return ", ".join(parts)
-
-
-def _corruption_heatmap(table: dict[str, dict[int, float]], path: Path, title: str) -> Path:
-    """A corruption × severity heat map of accuracy, written atomically (as every file of a report); drawn by the
-    Agg backend on a bare `Figure`, so no pyplot state or display is involved."""
-    from matplotlib.figure import Figure
-
-    from dsnet.runtime.files import write_atomic
-
-    severities = sorted({k for row in table.values() for k in row})
-    values = [[100 * row.get(k, math.nan) for k in severities] for row in table.values()]
-    figure = Figure(figsize=(1.1 * len(severities) + 3, 0.38 * len(table) + 1.4))
-    axes = figure.add_subplot()
-    image = axes.imshow(values, cmap="viridis", vmin=0, vmax=100, aspect="auto")
-    axes.set_xticks(range(len(severities)), [str(k) for k in severities])
-    axes.set_yticks(range(len(table)), list(table))
-    axes.set_xlabel("severity")
-    axes.set_title(title)
-    for i, row in enumerate(values):
-        for j, value in enumerate(row):
-            axes.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7,
-                      color="white" if value < 60 else "black")
-    figure.colorbar(image, ax=axes, label="accuracy (%)")
-    figure.tight_layout()
-    return write_atomic(path, lambda handle: figure.savefig(handle, format="png", dpi=120))

@@ -51,8 +51,8 @@ __all__ = [
 ]
 
 BLOCKS: Registry[Callable[[int], nn.Module]] = Registry(
-    "atomic block", hint="see dsnet.models.atomic_blocks.BLOCKS.names()"
-)
+    "atomic block", hint="see dsnet.models.atomic_blocks.BLOCKS.names()", package="dsnet.models",
+    order=("residual", "mbconv", "dense", "ada_rk", "conv"))
 
 BN_UPDATES = ("authors", "once")
 """How often BN running statistics are updated per training forward (see the module docstring)."""

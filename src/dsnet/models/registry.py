@@ -11,7 +11,8 @@ command-line default of None never replaces a model's own default). Because a va
 `check_model_arguments` can say which argument a recipe misspelt or mistyped before anything is built, and
 `miniature_arguments` can shrink any model to the size of its family's registered tiny variant.
 
-The model families register themselves when their modules are imported; the registry imports them on first use.
+Each family registers its variants in its own file (`register_model(...)` calls); the registry imports every module
+of `dsnet.models` on first use, so a new family is one new file.
 """
 
 from __future__ import annotations
@@ -37,10 +38,6 @@ __all__ = [
     "check_model_arguments",
     "miniature_arguments",
 ]
-
-_FAMILY_MODULES = tuple(f"dsnet.models.{name}" for name in (
-    "dsnet", "resnet", "wide_resnet", "ie_skip", "adark_net", "robnet", "densenet", "mobilenetv2", "preact_resnet"))
-
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -105,14 +102,8 @@ class ModelEntry:
         return f"ModelEntry({self.name!r}, {self.builder.__name__}, {self.defaults!r})"
 
 
-def _import_families() -> None:
-    import importlib
-
-    for module in _FAMILY_MODULES:
-        importlib.import_module(module)
-
-
-MODELS: Registry[ModelEntry] = Registry("model", hint="run `dsnet models` for the list", populate=_import_families)
+MODELS: Registry[ModelEntry] = Registry("model", hint="run `dsnet models` for the list", package="dsnet.models",
+                                        order=("dsnet4", "dsnet6", "dsnet_small", "dsnet_tiny"))
 
 
 def register_model(name: str, builder: Callable[..., nn.Module], info: ModelInfo, **defaults: Any) -> ModelEntry:

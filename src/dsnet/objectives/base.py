@@ -26,9 +26,7 @@ own code: a frozen dataclass subclass of `Objective` (or `PGDObjective`) decorat
 
 from __future__ import annotations
 
-import importlib
 import math
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -72,16 +70,7 @@ PAPER_EVAL_STEP = 0.031 / 4
 """The paper's PGD/CW∞ evaluation step for AT- and MART-trained models (TRADES models: 0.003)."""
 
 
-def _import_objectives() -> None:
-    """Imports every module of this package, so that each objective file registers itself."""
-    import dsnet.objectives as package
-
-    for module in pkgutil.iter_modules(package.__path__):
-        if module.name != "base":
-            importlib.import_module(f"dsnet.objectives.{module.name}")
-
-
-OBJECTIVES: Registry[type[Objective]] = Registry("objective", populate=_import_objectives,
+OBJECTIVES: Registry[type[Objective]] = Registry("objective", package="dsnet.objectives",
                                                  order=("standard", "at", "trades", "mart", "fat", "fast_at"))
 
 

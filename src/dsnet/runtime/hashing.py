@@ -12,16 +12,19 @@ import hashlib
 import inspect
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn as nn
+if TYPE_CHECKING:  # torch is imported where tensors are hashed: `dsnet -h` and file digests need none of it
+    import torch
+    import torch.nn as nn
 
 __all__ = ["tensors_sha256", "state_dict_sha256", "file_sha256", "code_sha256", "model_code_sha256"]
 
 
 def tensors_sha256(tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
     """A SHA-256 of named tensors (names, shapes, dtypes and bytes), in the given order."""
+    import torch
+
     digest = hashlib.sha256()
     for name, tensor in tensors:
         tensor = tensor.detach().cpu().contiguous()
@@ -88,6 +91,8 @@ def model_code_sha256(model: nn.Module, extra_files: Iterable[str | Path] = ()) 
     Returns:
         display name (`dsnet/models/dsnet.py`, or an absolute path) -> code digest, sorted by name.
     """
+    import torch
+
     torch_dir = Path(torch.__file__).resolve().parent
     objects: list[Any] = []
     for module in model.modules():
