@@ -46,7 +46,8 @@ def _module_name(path: Path) -> str:
 
 
 def _imports(path: Path, *, module_level_only: bool) -> set[str]:
-    """The dsnet modules `path` imports (relative imports resolved); TYPE_CHECKING blocks are skipped."""
+    """The dsnet modules `path` imports (relative imports resolved), TYPE_CHECKING blocks included: an import that
+    only a type checker runs still ties the two files together for a reader."""
     name = _module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     tree = ast.parse(path.read_text())
@@ -54,8 +55,6 @@ def _imports(path: Path, *, module_level_only: bool) -> set[str]:
 
     def visit(nodes: list[ast.stmt]) -> None:
         for node in nodes:
-            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-                continue
             if isinstance(node, ast.Import):
                 found.update(alias.name for alias in node.names)
             elif isinstance(node, ast.ImportFrom):

@@ -29,7 +29,8 @@ from dsnet.config import config_from_dict
 from dsnet.data import ImageSplit
 from dsnet.models import create_model
 from dsnet.runtime.checkpoint import load_checkpoint
-from dsnet.training.trainer import evaluate_robustness, train
+from dsnet.training.trainer import train
+from dsnet.training.validation import evaluate_robustness
 
 # Float32 sums in another order (two half batches, gloo's all-reduce) differ by ~1e-7 relative; BN's centring
 # cancels most of some gradients, which amplifies that noise in their small remainder, and SGD with momentum

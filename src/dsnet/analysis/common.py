@@ -38,14 +38,16 @@ def resolve_checkpoint(path: str | Path) -> Path:
     Raises:
         CheckpointError: nothing loadable is there; the message lists what the folder holds.
     """
+    from dsnet.runtime.run_folder import TrainingRun
+
     path = Path(path)
     if path.is_file():
         return path
     if path.is_dir():
         for folder in (path, path / "train"):
-            for name in ("selected.pt", "last.pt"):
-                if (folder / name).is_file():
-                    return folder / name
+            found = TrainingRun(folder).best_checkpoint()
+            if found is not None:
+                return found
         held = ", ".join(sorted(p.name for p in path.iterdir())[:8]) or "nothing"
         raise CheckpointError(f"{path} holds no selected.pt or last.pt (it holds {held}); give a run folder of "
                               "`dsnet train` or a .pt checkpoint")
@@ -115,10 +117,10 @@ _HINT = "choose another --out-dir or --name"
 
 def check_outputs(out_dir: str | Path, name: str, writer: str = ANALYZE_WRITER) -> None:
     """Refuses, before any work, outputs `<name>.png` / `<name>.csv` that would replace another command's or a
-    person's files (`dsnet.runtime.ownership`)."""
-    from dsnet.runtime.ownership import FolderFiles
+    person's files (the analysis's `RunFolder`)."""
+    from dsnet.runtime.run_folder import FolderKind, RunFolder
 
-    FolderFiles(out_dir).check([f"{name}.png", f"{name}.csv"], writer, hint=_HINT)
+    RunFolder(out_dir, FolderKind(writer, "analysis", (f"{name}.png", f"{name}.csv"), taken_hint=_HINT)).check_files()
 
 
 def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[Any]], *,

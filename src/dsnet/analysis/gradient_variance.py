@@ -17,7 +17,6 @@ one bar.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -110,13 +109,9 @@ def gradient_variance(
 
 
 def _epoch_checkpoints(source: Path) -> list[tuple[int, Path]]:
-    folder = resolve_checkpoint(source).parent
-    found = []
-    for path in folder.glob("epoch-*.pt"):
-        match = re.fullmatch(r"epoch-(\d+)\.pt", path.name)
-        if match:
-            found.append((int(match.group(1)), path))
-    return sorted(found)
+    from dsnet.runtime.run_folder import TrainingRun
+
+    return TrainingRun(resolve_checkpoint(source).parent).epoch_checkpoints()
 
 
 def analyze_gradient_variance(

@@ -54,13 +54,11 @@ from dsnet.evaluation.state import STATE_NAME, EvalState
 from dsnet.evaluation.suite import Metric, Suite
 from dsnet.options import field_doc_block, keyword_signature
 from dsnet.runtime.distributed import DistributedContext, barrier, setup_distributed, teardown_distributed
-from dsnet.runtime.files import ensure_writable_folder
 from dsnet.runtime.hashing import tensors_sha256
-from dsnet.runtime.lock import FolderLock
-from dsnet.runtime.ownership import FolderFiles
 from dsnet.runtime.precision import full_fp32
+from dsnet.runtime.run_folder import FolderKind, RunFolder
 
-__all__ = ["evaluate", "Evaluation", "EVAL_WRITER", "check_evaluation_folder"]
+__all__ = ["evaluate", "Evaluation", "EVAL_WRITER", "evaluation_folder", "check_evaluation_folder"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +73,14 @@ def _evaluation_files(suite: Suite) -> tuple[str, ...]:
     return (*REPORT_FILES, *suite.files, STATE_NAME, STATE_FILES)
 
 
-def check_evaluation_folder(out: Path, restart: bool, suite: Suite) -> None:
+def evaluation_folder(out: Path, suite: Suite, *, is_main: bool = True) -> RunFolder:
+    """The report folder of an evaluation of `suite` (its lock, its file names, the never-overwrite rule)."""
+    kind = FolderKind(EVAL_WRITER, "evaluation", _evaluation_files(suite),
+                      busy_hint="wait for it to finish, or evaluate into another --out-dir", taken_hint=_OUT_DIR_HINT)
+    return RunFolder(out, kind, is_main=is_main)
+
+
+def check_evaluation_folder(folder: RunFolder, restart: bool) -> None:
     """Refuses, before anything is loaded, a folder whose files `dsnet eval` may not write: files of another command
     or of a person under the report's names (`dsnet.runtime.ownership`), or the report of an evaluation whose
     state file is gone, which nothing can show to be this evaluation's (`--restart` replaces it).
@@ -83,7 +88,8 @@ def check_evaluation_folder(out: Path, restart: bool, suite: Suite) -> None:
     Raises:
         OverwriteError: naming the file.
     """
-    FolderFiles(out).check(_evaluation_files(suite), EVAL_WRITER, hint=_OUT_DIR_HINT)
+    folder.check_files()
+    out = folder.path
     if not restart and (out / REPORT_JSON).is_file() and not (out / STATE_NAME).is_file():
         raise OverwriteError(f"{out / REPORT_JSON} is the report of an earlier evaluation whose {STATE_NAME} is gone, "
                              "so it cannot be shown to be this one's; rerun with --restart to replace it, or "
@@ -109,11 +115,13 @@ class Evaluation:
         model: a model of the user's own, or None.
     """
 
-    def __init__(self, ctx: DistributedContext, plan: EvalPlan, out: Path, model: nn.Module | None = None) -> None:
+    def __init__(self, ctx: DistributedContext, plan: EvalPlan, folder: RunFolder,
+                 model: nn.Module | None = None) -> None:
         self.ctx = ctx
         self.plan = plan
         self.data_dir = plan.config.data_dir
-        self.out = out
+        self.folder = folder
+        self.out = folder.path
         self.user_model = model
         self.started = time.perf_counter()
         self.outcomes: list[AttackOutcome] = []
@@ -158,8 +166,7 @@ class Evaluation:
     def _open_state(self, metrics: list[Metric]) -> EvalState:
         path = self.out / STATE_NAME
         restart = self.plan.config.restart
-        if self.ctx.is_main:  # the folder's names are this evaluation's from now on (checked before loading)
-            FolderFiles(self.out).reserve(_evaluation_files(self.plan.suite), EVAL_WRITER, hint=_OUT_DIR_HINT)
+        self.folder.reserve_files()  # the folder's names are this evaluation's from now on (checked before loading)
         if self.ctx.is_main and restart:
             path.unlink(missing_ok=True)
             for metric in metrics:
@@ -333,17 +340,14 @@ def evaluate(checkpoint: str | Path | None = None, data_dir: str | Path | None =
     else:
         name = type(model).__name__ if model is not None else (config.model_factory or "").rpartition(":")[2]
         out = default_out_dir(config.checkpoint, plan.preset.name, plan.suite, name or None)
-    lock = None
+    folder = evaluation_folder(out, plan.suite, is_main=ctx.is_main)
     try:
-        if ctx.is_main:  # before anything is loaded: a folder that cannot take the report fails in a second
-            ensure_writable_folder(out)
-            lock = FolderLock(out, "evaluation", hint="wait for it to finish, or evaluate into another --out-dir")
-            lock.acquire()
-            check_evaluation_folder(out, config.restart, plan.suite)
-        return Evaluation(ctx, plan, out, model).run()
+        folder.take()  # before anything is loaded: a folder that cannot take the report fails in a second
+        if ctx.is_main:
+            check_evaluation_folder(folder, config.restart)
+        return Evaluation(ctx, plan, folder, model).run()
     finally:
-        if lock is not None:
-            lock.release()
+        folder.release()
         if owns_group and ctx.distributed:
             teardown_distributed()
 

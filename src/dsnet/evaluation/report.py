@@ -179,12 +179,6 @@ class EvalReport:
     data: dict[str, Any] = field(default_factory=dict)
     suite: Suite | None = None
 
-    def __post_init__(self) -> None:
-        if self.suite is None:
-            from dsnet.evaluation.config import get_suite
-
-            self.suite = get_suite(self.threat_model)
-
     # ------------------------------------------------------------------------------------------ numbers
     @property
     def n(self) -> int:

@@ -24,9 +24,11 @@ from dsnet.registry import Registry, unknown_name
 
 if TYPE_CHECKING:
     from dsnet.attacks.metrics import AttackRun
-    from dsnet.evaluation.report import EvalReport
     from dsnet.evaluation.sanity import SanityCheck
     from dsnet.validate import Problems
+
+EvalReport = Any
+"""The report a suite fills in (`dsnet.evaluation.report.EvalReport`, which imports this module)."""
 
 __all__ = ["Suite", "Preset", "Metric"]
 

@@ -22,14 +22,14 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from dsnet.training.metrics import read_metrics
+from dsnet.runtime.run_folder import FolderKind, RunFolder, TrainingRun
 
 if TYPE_CHECKING:
     from dsnet.experiments.grids import Cell
 
 __all__ = [
     "RUNS", "TABLES", "CELL_FILE", "RECIPE_FILE", "TRAIN_DIR", "REPORT_NAME", "AUTOATTACK_DIR", "WORKER_LOG",
-    "JOB_FILE", "JOBS_DIR", "REPRODUCE_WRITER", "cell_dir", "jobs_dir", "run_dir", "eval_dir", "tables_dir",
+    "JOB_FILE", "JOBS_DIR", "REPRODUCE_WRITER", "CELL_FOLDER", "cell_folder", "cell_dir", "jobs_dir", "run_dir", "eval_dir", "tables_dir",
     "training_finished", "cell_state", "CELL_STATES",
 ]
 
@@ -46,6 +46,11 @@ JOBS_DIR = "slurm"
 REPRODUCE_WRITER = "dsnet reproduce"
 """The writer of a reproduce folder's own files (cell.json, recipe.yaml, job.json, tables/) in their manifests."""
 
+CELL_FOLDER = FolderKind(REPRODUCE_WRITER, "reproduce cell", (CELL_FILE, RECIPE_FILE, JOB_FILE, WORKER_LOG),
+                         busy_hint="wait for it to finish, or reproduce into another --out-dir",
+                         taken_hint="reproduce into another --out-dir")
+"""A cell's own folder; its `train/` is a `TrainingRun`, its `eval/<tag>/` an evaluation's folder."""
+
 CELL_STATES = ("done", "evaluate", "resume", "train", "waiting")
 """A cell is done (evaluated), trained and waiting to be evaluated, resumable (it has a last.pt), to be trained,
 or waiting for the run it is derived from."""
@@ -54,6 +59,11 @@ or waiting for the run it is derived from."""
 def cell_dir(out_dir: str | Path, cell: Cell | str) -> Path:
     """`<out>/runs/<run_id>` of a cell (or of a run id)."""
     return Path(out_dir) / RUNS / (cell if isinstance(cell, str) else cell.run_id)
+
+
+def cell_folder(path: str | Path, *, is_main: bool = True) -> RunFolder:
+    """The `RunFolder` of a cell (its lock, while the cell is trained and evaluated)."""
+    return RunFolder(path, CELL_FOLDER, is_main=is_main)
 
 
 def run_dir(out_dir: str | Path, cell: Cell | str) -> Path:
@@ -78,10 +88,7 @@ def tables_dir(out_dir: str | Path) -> Path:
 
 def training_finished(folder: Path, epochs: int) -> bool:
     """Whether the `dsnet train` run in `folder` has selected a checkpoint and logged its last epoch."""
-    if not (folder / "selected.pt").is_file():
-        return False
-    rows = read_metrics(folder)
-    return bool(rows) and int(rows[-1].get("epoch", 0)) >= epochs
+    return TrainingRun(folder).finished(epochs)
 
 
 def _recipe_epochs(out_dir: str | Path, run_id: str) -> int | None:
@@ -98,7 +105,7 @@ def cell_state(out_dir: str | Path, cell: Cell) -> str:
     train = run_dir(out_dir, cell)
     if training_finished(train, int(cell.recipe.get("train", {}).get("epochs", 0))):
         return "evaluate"
-    if (train / "last.pt").is_file():
+    if TrainingRun(train).has_checkpoint:
         return "resume"
     if cell.parent_id is not None:
         epochs = _recipe_epochs(out_dir, cell.parent_id)

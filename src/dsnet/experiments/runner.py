@@ -47,14 +47,15 @@ from dsnet.experiments.layout import (
     RECIPE_FILE,
     REPORT_NAME,
     REPRODUCE_WRITER,
+    TRAIN_DIR,
     WORKER_LOG,
     cell_dir,
+    cell_folder,
     cell_state,
     run_dir,
-    training_finished,
 )
 from dsnet.runtime.ownership import write_owned
-from dsnet.runtime.lock import FolderLock
+from dsnet.runtime.run_folder import TrainingRun
 from dsnet.runtime.records import describe_differences, differences, plain
 from dsnet.training.trainer import train
 
@@ -164,7 +165,7 @@ def _write_cell(cell: Cell, out_dir: Path, data_dir: str | Path) -> Path:
     if previous.is_file():
         old = json.loads(previous.read_text())
         if not cell.derive and _strip(old.get("recipe", {})) != _strip(cell.recipe):
-            if (run_dir(out_dir, cell) / "last.pt").is_file():
+            if TrainingRun(run_dir(out_dir, cell)).has_checkpoint:
                 raise ConfigError(_conflict_message(cell.run_id, old.get("recipe", {}), cell.recipe, folder))
             (folder / RECIPE_FILE).unlink(missing_ok=True)  # nothing trained yet: the new recipe replaces it
     text = (json.dumps(payload, indent=1) + "\n").encode("utf-8")
@@ -188,7 +189,7 @@ def check_recipes(cells: Sequence[Cell], out_dir: str | Path) -> None:
             raise ConfigError(f"the recipe of {cell.run_id} is not valid: {error}") from None
     for cell in cells:
         previous = cell_dir(out_dir, cell) / CELL_FILE
-        if cell.derive or not previous.is_file() or not (run_dir(out_dir, cell) / "last.pt").is_file():
+        if cell.derive or not previous.is_file() or not TrainingRun(run_dir(out_dir, cell)).has_checkpoint:
             continue
         old = json.loads(previous.read_text()).get("recipe", {})
         if _strip(old) != _strip(cell.recipe):
@@ -221,7 +222,7 @@ def _derive_recipe(payload: dict[str, Any]) -> dict[str, Any]:
     derive, parent_dir = payload.get("derive"), payload.get("parent_dir")
     if not derive:
         return recipe
-    parent_ckpt = Path(parent_dir) / "train" / "selected.pt"
+    parent_ckpt = TrainingRun(Path(parent_dir) / TRAIN_DIR).selected
     if not parent_ckpt.is_file():
         raise DsnetError(f"{payload['run_id']} is derived from {parent_dir}, which has no train/selected.pt yet; "
                          "run its parent first")
@@ -265,11 +266,8 @@ def run_cell(path: str | Path, data_dir: str | Path, *, device: str | None = Non
     path = Path(path)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return _run_distributed_cell(path, data_dir, device)
-    with FolderLock(path, "reproduce cell", hint=_LOCK_HINT):
+    with cell_folder(path).take():
         return _run_locked_cell(path, data_dir, device)
-
-
-_LOCK_HINT = "wait for it to finish, or reproduce into another --out-dir"
 
 
 def _run_distributed_cell(path: Path, data_dir: str | Path, device: str | None) -> dict[str, float]:
@@ -280,12 +278,12 @@ def _run_distributed_cell(path: Path, data_dir: str | Path, device: str | None) 
     payload = json.loads((path / CELL_FILE).read_text())
     recipe_device = str(payload["recipe"].get("train", {}).get("device", "auto"))
     ctx = setup_distributed(device or recipe_device, option="--device" if device else "train.device")
-    lock = FolderLock(path, "reproduce cell", hint=_LOCK_HINT) if ctx.is_main else None
+    folder = cell_folder(path, is_main=ctx.is_main)
     try:
         problem: Exception | None = None
-        if lock is not None:
+        if ctx.is_main:
             try:
-                lock.acquire()
+                folder.take()
                 _cell_recipe(path, payload)
             except Exception as error:  # any failure: the other ranks must hear of it, not wait in gather_objects
                 problem = error
@@ -296,8 +294,7 @@ def _run_distributed_cell(path: Path, data_dir: str | Path, device: str | None) 
             raise DsnetError(f"rank 0 could not start {payload['run_id']}: {rank0}")
         return _run_locked_cell(path, data_dir, device)
     finally:
-        if lock is not None:
-            lock.release()
+        folder.release()
         if ctx.owns_process_group:
             gc.collect()  # DDP's reducer must go before its process group (see the trainer's close())
             teardown_distributed()
@@ -307,7 +304,7 @@ def _cell_recipe(path: Path, payload: dict[str, Any]) -> dict[str, Any]:
     """The cell's resolved recipe: its recipe.yaml, or else the cell's recipe (derived from the parent's finished
     run for a derived cell), which is then written to recipe.yaml."""
     recipe_file = path / RECIPE_FILE
-    trained = (path / "train" / "last.pt").is_file()
+    trained = TrainingRun(path / TRAIN_DIR).has_checkpoint
     recipe = yaml.safe_load(recipe_file.read_text()) if recipe_file.is_file() else None
     if recipe is not None and not payload.get("derive") and _strip(recipe) != _strip(payload["recipe"]):
         if trained:
@@ -324,20 +321,20 @@ def _run_locked_cell(path: Path, data_dir: str | Path, device: str | None) -> di
     payload = json.loads((path / CELL_FILE).read_text())
     spec = EvalSpec.from_dict(payload["eval"])
     report = path / "eval" / payload["eval_tag"] / REPORT_NAME
-    train_dir = path / "train"
+    run = TrainingRun(path / TRAIN_DIR)
     if report.is_file():  # finished: reopened, so a report of other weights, code or points is refused, not reused
-        return evaluate_cell(train_dir / "selected.pt", data_dir, report.parent, spec, device=device)
+        return evaluate_cell(run.selected, data_dir, report.parent, spec, device=device)
     config = config_from_dict(_cell_recipe(path, payload))
     if device is not None:
         config.train.device = device
     if not sys.stderr.isatty():
         config.train.progress = False
-    if not training_finished(train_dir, config.train.epochs):
-        resume = (train_dir / "last.pt").is_file()
+    if not run.finished(config.train.epochs):
+        resume = run.has_checkpoint
         logger.info("%s: %s", payload["run_id"], "resuming training" if resume else "training")
-        train(config, data_dir, train_dir, resume=resume)
+        train(config, data_dir, run.path, resume=resume)
     logger.info("%s: evaluating (%s)", payload["run_id"], "+".join(spec.attacks) or "clean only")
-    return evaluate_cell(train_dir / "selected.pt", data_dir, report.parent, spec, device=device)
+    return evaluate_cell(run.selected, data_dir, report.parent, spec, device=device)
 
 
 # ----------------------------------------------------------------------------------------------- the grid

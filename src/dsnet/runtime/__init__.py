@@ -4,6 +4,8 @@
   reductions, synchronised BatchNorm on CPUs);
 - `files`: atomic writes with one honest line for a full disk, clean-up of interrupted writes;
 - `lock`: one writer per run or evaluation folder (`FolderLock`);
+- `ownership`: which command wrote which file of a folder, so none replaces another's (`FolderFiles`);
+- `run_folder`: the folder a command writes, as one type (`RunFolder`, and `TrainingRun` with its file names);
 - `checkpoint`: safe loading (`weights_only=True`, CRC checks, honest messages), saving, RNG state;
 - `hashing`: SHA-256 of weights, points and files;
 - `precision`: autocast for training, true fp32 for evaluation (`full_fp32`).
@@ -32,6 +34,11 @@ _EXPORTS = {
     "remove_temp_files": "files",
     "ensure_writable_folder": "files",
     "FolderLock": "lock",
+    "FolderFiles": "ownership",
+    "write_owned": "ownership",
+    "RunFolder": "run_folder",
+    "FolderKind": "run_folder",
+    "TrainingRun": "run_folder",
     "CHECKPOINT_FORMAT": "checkpoint",
     "save_checkpoint": "checkpoint",
     "load_checkpoint": "checkpoint",

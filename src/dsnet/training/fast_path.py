@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -34,6 +35,8 @@ __all__ = [
     "compile_regions",
     "uncompile",
     "EagerFallback",
+    "ModelHandles",
+    "wrap_for_training",
 ]
 
 logger = logging.getLogger(__name__)
@@ -152,3 +155,39 @@ class EagerFallback(nn.Module):
             logger.warning("torch.compile failed (%s: %s); continuing in eager mode (set train.compile=false to "
                            "skip compiling)", type(error).__name__, first_line[:300])
             return out
+
+
+@dataclass
+class ModelHandles:
+    """One model as the trainer uses it, under three names for three jobs.
+
+    Attributes:
+        raw: the module itself: its state dict is what checkpoints hold (no `module.` or `_orig_mod.` keys), and the
+            weight average and AWP read its parameters.
+        fast: `raw` with its blocks compiled (or `raw` itself): validation and the collapse guard run it.
+        train: `fast` inside DistributedDataParallel under DDP (or `fast`): the training step calls it.
+    """
+
+    raw: nn.Module
+    fast: nn.Module
+    train: nn.Module
+
+
+def wrap_for_training(model: nn.Module, compile_setting: bool | str, device: torch.device,
+                      distributed: bool) -> ModelHandles:
+    """The handles of `model`: its blocks compiled in place when `compile_setting` resolves to on (with an eager
+    fallback), and DDP around them under a process group."""
+    fast: nn.Module = model
+    if resolve_compile(compile_setting, device):
+        try:
+            regions = compile_regions(model)
+            logger.debug("compiled %d blocks: %s", len(regions), ", ".join(regions))
+        except Exception as error:  # noqa: BLE001 - e.g. torch.compile unsupported on this Python
+            logger.warning("torch.compile is unavailable (%s); training in eager mode", error)
+        fast = EagerFallback(model)
+    train = fast
+    if distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        train = DistributedDataParallel(fast, device_ids=[device.index] if device.type == "cuda" else None)
+    return ModelHandles(model, fast, train)

@@ -17,12 +17,13 @@ from typing import Any
 
 from dsnet.runtime.files import disk_full_error, is_disk_full, write_text_atomic
 from dsnet.runtime.records import read_jsonl
+from dsnet.runtime.run_folder import TrainingRun
 
 __all__ = ["MetricsWriter", "RunLogHandler", "format_epoch_line", "read_metrics", "METRICS_NAME"]
 
 logger = logging.getLogger(__name__)
 
-METRICS_NAME = "metrics.jsonl"
+METRICS_NAME = TrainingRun.METRICS
 _RESUME_HINT = "free disk space and resume with --resume (the finished epochs are kept)"
 
 
@@ -96,7 +97,7 @@ class MetricsWriter:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(log_dir=str(out_dir / "tensorboard"))
+                self._tb = SummaryWriter(log_dir=str(out_dir / TrainingRun.TENSORBOARD))
             except ImportError:  # pragma: no cover - tensorboard is a declared dependency
                 logger.warning("tensorboard is not installed; writing metrics.jsonl only")
 

@@ -7,8 +7,10 @@ weights with the same backward pass (SPEC §4). After each epoch it measures cle
 validation split, writes `metrics.jsonl` and TensorBoard scalars, and saves `last.pt` atomically; the model
 selection policy decides which epoch is copied to `selected.pt`.
 
-Files in the run folder: `config.yaml` (resolved recipe), `train.log`, `metrics.jsonl`, `tensorboard/`,
-`last.pt`, `selected.pt`, and with `train.keep_epoch_checkpoints` one `epoch-NNNN.pt` per epoch.
+The run folder is a `dsnet.runtime.TrainingRun` (`config.yaml`, `train.log`, `metrics.jsonl`, `tensorboard/`,
+`last.pt`, `selected.pt`, and with `train.keep_epoch_checkpoints` one `epoch-NNNN.pt` per epoch): its lock, its file
+names and the never-overwrite rule live there. What a checkpoint holds and how a run resumes from one is
+`dsnet.training.checkpointing`; this module is the loop.
 """
 
 from __future__ import annotations
@@ -26,21 +28,12 @@ import torch
 import torch.nn as nn
 import yaml
 
-from dsnet.attacks.base import Attack
-from dsnet.attacks.metrics import clean_flags
-from dsnet.config import RunConfig, config_from_dict, config_to_dict, recipe_differences
-from dsnet.data import DATASETS, DeviceLoader, ImageSplit, load_dataset, to_float, train_val_split
+from dsnet.config import RunConfig, config_to_dict
+from dsnet.data import DATASETS, DeviceLoader, to_float
 from dsnet.data.extra import open_extra_images
 from dsnet.errors import CheckpointError, ConfigError, TrainingDivergedError
 from dsnet.models import create_model, split_parameters
-from dsnet.runtime.checkpoint import (
-    CHECKPOINT_FORMAT,
-    capture_rng_state,
-    load_checkpoint,
-    load_model_state,
-    restore_rng_state,
-    save_checkpoint,
-)
+from dsnet.runtime.checkpoint import save_checkpoint
 from dsnet.runtime.distributed import (
     all_reduce_sum,
     barrier,
@@ -51,24 +44,20 @@ from dsnet.runtime.distributed import (
     setup_distributed,
     teardown_distributed,
 )
-from dsnet.runtime.files import ensure_writable_folder, remove_temp_files, write_text_atomic
-from dsnet.runtime.lock import FolderLock
-from dsnet.runtime.ownership import FolderFiles
+from dsnet.runtime.files import write_text_atomic
 from dsnet.runtime.precision import Precision, resolve_precision
-from dsnet.runtime.records import describe_differences
+from dsnet.runtime.run_folder import TrainingRun
+from dsnet.training.checkpointing import checkpoint_state, restore
 from dsnet.training.collapse_guard import CollapseGuard
 from dsnet.training.ema import WeightAverage
-from dsnet.training.fast_path import EagerFallback, compile_regions, resolve_channels_last, resolve_compile
+from dsnet.training.fast_path import ModelHandles, resolve_channels_last, wrap_for_training
 from dsnet.training.metrics import MetricsWriter, RunLogHandler, format_epoch_line
+from dsnet.training.validation import build_training_data, evaluate_robustness
 from dsnet.training.progress import TrainingProgress
 
-__all__ = ["train", "TrainResult", "evaluate_robustness", "build_training_data", "selected_epoch_for", "training_step"]
+__all__ = ["train", "TrainResult", "selected_epoch_for", "training_step"]
 
 logger = logging.getLogger(__name__)
-
-TRAIN_WRITER = "dsnet train"
-RUN_FILES = ("config.yaml", "train.log", "metrics.jsonl", "last.pt", "selected.pt", "epoch-*.pt", "tensorboard")
-"""The names a training run writes in its folder (reserved in the folder's manifest, `dsnet.runtime.ownership`)."""
 
 
 @dataclass(frozen=True)
@@ -86,23 +75,6 @@ class TrainResult:
         return self.history[-1] if self.history else {}
 
 
-def build_training_data(config: RunConfig, data_dir: str | Path) -> tuple[ImageSplit, ImageSplit | None]:
-    """Loads the training split (with SVHN extra if asked), cuts the subset and the validation split."""
-    data = config.data
-    train_split = load_dataset(data.dataset, data_dir, "train", download=data.download)
-    if data.svhn_extra:
-        extra = load_dataset(data.dataset, data_dir, "extra", download=data.download)
-        train_split = ImageSplit(torch.cat([train_split.images, extra.images]),
-                                 torch.cat([train_split.labels, extra.labels]),
-                                 train_split.num_classes, train_split.classes, "train+extra")
-    if data.train_subset is not None and data.train_subset < len(train_split):
-        train_split = train_split.subset(torch.arange(data.train_subset))
-    if data.val_size == 0:
-        return train_split, None
-    train_part, val_part = train_val_split(train_split, val_size=data.val_size, seed=data.val_seed)
-    return train_part, val_part
-
-
 def selected_epoch_for(config: RunConfig) -> int | None:
     """The epoch that `first_decay_plus_one` selects: one epoch after the first LR decay (Rice et al.)."""
     if config.train.selection != "first_decay_plus_one":
@@ -112,17 +84,6 @@ def selected_epoch_for(config: RunConfig) -> int | None:
         raise ConfigError("train.selection first_decay_plus_one needs a piecewise schedule with milestones; "
                           "use train.selection=best_val_pgd or last")
     return min(int(math.ceil(milestones[0])) + 1, config.train.epochs)
-
-
-def evaluate_robustness(model: nn.Module, split: ImageSplit, attack: Attack, *, batch_size: int,
-                        progress: str | None = None) -> tuple[float, float]:
-    """Clean and robust accuracy (fractions) of `model` on `split` under `attack`, through the one robust-flags
-    loop (`dsnet.attacks.metrics`): sharded across ranks and summed, so the numbers do not depend on the number
-    of processes; a point is robust when its clean and adversarial inputs are both classified correctly."""
-    clean = clean_flags(model, split.images, split.labels, batch_size=batch_size)
-    run = attack.evaluate(model, split.images, split.labels, clean=clean, batch_size=batch_size, progress=progress)
-    n = max(len(split), 1)
-    return float(clean.sum()) / n, float(run.flags.sum()) / n
 
 
 def training_step(
@@ -176,9 +137,9 @@ class _Run:
         self.config = config
         self.out_dir = Path(out_dir)
         self.allow_changes = tuple(allow_changes)
-        self.lock: FolderLock | None = None
-        self._log_handler: logging.Handler | None = None
         self.ctx = setup_distributed(config.train.device)
+        self.folder = TrainingRun(out_dir, is_main=self.ctx.is_main)
+        self.nets: ModelHandles | None = None
         try:
             self._setup(data_dir, resume)
         except BaseException:
@@ -240,10 +201,10 @@ class _Run:
         self.selected_epoch: int | None = None
         changes: list[str] = []
         if resume:
-            changes = self._resume()
+            changes = restore(self, self.folder.last, self.allow_changes)
             self._write_config()  # only now: a refused resume leaves the run's config.yaml as it was
         self._decorrelate_ranks()
-        self.train_model = self._wrap_model()
+        self.nets = wrap_for_training(self.model, train_cfg.compile, device, self.ctx.distributed)
         self.metrics = MetricsWriter(self.out_dir, train_cfg.tensorboard) if self.ctx.is_main else None
         if self.metrics is not None:  # rows of epochs after the checkpoint are redone (a killed run leaves some)
             self.metrics.truncate_after(self.epoch - 1)
@@ -253,59 +214,39 @@ class _Run:
 
     # ----------------------------------------------------------------------------------------------- setup
     def _prepare_out_dir(self, resume: bool) -> bool:
-        """Checks and creates the run folder; returns whether there is a checkpoint to resume from.
+        """Takes the run folder; returns whether there is a checkpoint to resume from.
 
         `--resume` in a folder where a run was started (its config.yaml exists) but killed before its first
         checkpoint starts that run from the beginning, so a requeue script can always pass `--resume`; in a
         folder without a run it is an error (most likely a mistyped --out-dir).
         """
-        last = self.out_dir / "last.pt"
-        started_without_checkpoint = False
-        if resume and not last.exists() and not (self.out_dir / "config.yaml").is_file():
-            raise CheckpointError(f"--resume found no {last} and no run was started in {self.out_dir}; check "
+        folder = self.folder
+        if resume and not folder.has_checkpoint and not folder.was_started:
+            raise CheckpointError(f"--resume found no {folder.last} and no run was started in {folder.path}; check "
                                   "--out-dir, or start the run without --resume")
-        if self.ctx.is_main:
-            ensure_writable_folder(self.out_dir)
-            # One writer per folder, taken before anything is read or cleaned up (FolderLock's docstring).
-            self.lock = FolderLock(self.out_dir, "training run", hint="wait for it to finish, or train into another "
-                                   "--out-dir").acquire()
+        folder.take()  # one writer per folder, taken before anything is read or cleaned up (FolderLock's docstring)
         asked_to_resume = resume
-        if resume and not last.exists():
-            started_without_checkpoint, resume = True, False
-        if not resume and last.exists():
+        started_without_checkpoint = resume and not folder.has_checkpoint
+        resume = resume and folder.has_checkpoint
+        if not resume and folder.has_checkpoint:
             raise ConfigError(f"{self.out_dir} already holds a run (last.pt); continue it with --resume or "
                               "choose another --out-dir (nothing was overwritten)")
-        if self.ctx.is_main:
-            # A fresh run may not write over files another command or a person put here (a config.yaml of theirs);
-            # --resume adopts a folder of an older dsnet, whose files the manifest does not name yet.
-            FolderFiles(self.out_dir).reserve(RUN_FILES, TRAIN_WRITER, adopt=asked_to_resume,
-                                              hint="train into another --out-dir, or continue a run with --resume")
-        if self.ctx.is_main:
-            self._attach_log_file()
-            for tmp in remove_temp_files(self.out_dir):
-                logger.info("removed %s, the unfinished write of a killed run", tmp.name)
-            if started_without_checkpoint:
-                logger.warning("--resume: %s holds no checkpoint yet (the run stopped before its first epoch ended); "
-                               "starting it from the beginning", self.out_dir)
-            if not resume:
-                self._write_config()
+        # A fresh run may not write over files another command or a person put here (a config.yaml of theirs);
+        # --resume adopts a folder of an older dsnet, whose files the manifest does not name yet.
+        folder.reserve_files(adopt=asked_to_resume)
+        folder.attach_log(TrainingRun.LOG, RunLogHandler)
+        folder.remove_temp_files()
+        if started_without_checkpoint and self.ctx.is_main:
+            logger.warning("--resume: %s holds no checkpoint yet (the run stopped before its first epoch ended); "
+                           "starting it from the beginning", self.out_dir)
+        if not resume:
+            self._write_config()
         return resume
 
     def _write_config(self) -> None:
         if self.ctx.is_main:
-            write_text_atomic(self.out_dir / "config.yaml", yaml.safe_dump(config_to_dict(self.config), sort_keys=False),
+            write_text_atomic(self.folder.config, yaml.safe_dump(config_to_dict(self.config), sort_keys=False),
                               hint="free disk space and rerun with --resume")
-
-    def _attach_log_file(self) -> None:
-        root = logging.getLogger("dsnet")
-        path = str((self.out_dir / "train.log").resolve())
-        if not any(getattr(h, "baseFilename", None) == path for h in root.handlers):
-            handler = RunLogHandler(path)
-            handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-            root.addHandler(handler)
-            self._log_handler = handler
-        if root.level == logging.NOTSET or root.level > logging.INFO:
-            root.setLevel(logging.INFO)
 
     def _steps_per_epoch(self) -> int:
         cap = self.config.train.max_steps_per_epoch
@@ -327,124 +268,15 @@ class _Run:
             torch.manual_seed(self.config.train.seed * 1_000_003 + 7919 * self.ctx.rank
                               + 104_729 * self.epoch + self.loader.step)
 
-    def _wrap_model(self) -> nn.Module:
-        """The model the loop calls: blocks compiled in place (with an eager fallback) and DDP around it.
-
-        `self.model` stays the unwrapped handle whose `state_dict()` is saved (no `module.`/`_orig_mod.` keys);
-        `self.fast_model` is the compiled one without DDP, for validation.
-        """
-        model: nn.Module = self.model
-        if resolve_compile(self.config.train.compile, self.ctx.device):
-            try:
-                regions = compile_regions(model)
-                logger.debug("compiled %d blocks: %s", len(regions), ", ".join(regions))
-            except Exception as error:  # noqa: BLE001 - e.g. torch.compile unsupported on this Python
-                logger.warning("torch.compile is unavailable (%s); training in eager mode", error)
-            model = EagerFallback(model)
-        self.fast_model = model
-        if self.ctx.distributed:
-            from torch.nn.parallel import DistributedDataParallel
-
-            device_ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
-            model = DistributedDataParallel(model, device_ids=device_ids)
-        return model
-
     # ------------------------------------------------------------------------------------------ checkpoint
-    def _state(self) -> dict[str, Any]:
-        model_kwargs = dict(self.config.model.kwargs)
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "model_name": self.config.model.name,
-            "model_kwargs": model_kwargs,
-            "num_classes": int(getattr(self.model, "num_classes", 0) or 0),
-            "model": self.model.state_dict(),
-            **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
-            "optimizer": self.optimizer.state_dict(),
-            "attention_optimizer": self.attention_optimizer.state_dict() if self.attention_optimizer else None,
-            "scaler": self.scaler.state_dict(),
-            "loader": self.loader.state_dict(),
-            "epoch": self.epoch,
-            "step": self.loader.step,
-            "rng": capture_rng_state(),
-            "generator": self.generator.get_state(),
-            "guard": self.guard.state_dict() if self.guard else None,
-            "config": config_to_dict(self.config),
-            "metrics": self.history,
-            "best_val_pgd": self.best_val_pgd,
-            "selected_epoch": self.selected_epoch,
-            "selection": self.config.train.selection,
-            "torch_version": str(torch.__version__),
-        }
-
-    def _save(self, name: str) -> None:
+    def _save(self, path: Path) -> None:
         if self.ctx.is_main:
-            save_checkpoint(self._state(), self.out_dir / name)
-
-    def _resume(self) -> list[str]:
-        """Restores every piece of state from `last.pt`; returns the recipe changes that `allow_changes` let in.
-
-        Raises:
-            CheckpointError: the checkpoint is unreadable or of another model.
-            ConfigError: the recipe differs from the one the finished epochs were trained with (the message lists
-                the differences) in a way that `RESUME_NEUTRAL_KEYS` and `allow_changes` do not cover.
-        """
-        path = self.out_dir / "last.pt"
-        state = load_checkpoint(path, map_location=self.ctx.device)
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointError(f"{path} is not a dsnet training checkpoint; start a new run in another folder")
-        saved = config_from_dict(state["config"])
-        if (saved.model.name, saved.model.kwargs) != (self.config.model.name, self.config.model.kwargs):
-            raise CheckpointError(f"{path} was trained as {saved.model.name} {saved.model.kwargs}, but the config asks "
-                                  f"for {self.config.model.name} {self.config.model.kwargs}; resume with the same model")
-        changes = self._check_same_recipe(saved, int(state["epoch"]) - 1)
-        load_model_state(self.model, state, path=path, expected_name=self.config.model.name)
-        if self.ema is not None:
-            self.ema.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.attention_optimizer is not None and state["attention_optimizer"] is not None:
-            self.attention_optimizer.load_state_dict(state["attention_optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.loader.load_state_dict(state["loader"])
-        self.generator.set_state(state["generator"].cpu() if self.ctx.device.type == "cpu" else state["generator"])
-        if self.guard is not None and state.get("guard") is not None:
-            self.guard.load_state_dict(state["guard"])
-        restore_rng_state(state["rng"])
-        self.epoch = int(state["epoch"])
-        self.history = list(state["metrics"])
-        self.best_val_pgd = float(state["best_val_pgd"])
-        self.selected_epoch = state["selected_epoch"]
-        logger.info("resumed from %s after epoch %d: continuing with epoch %d of %d", path, self.epoch - 1,
-                    self.epoch, self.config.train.epochs)
-        return changes
-
-    def _check_same_recipe(self, saved: RunConfig, finished: int) -> list[str]:
-        """The recipe of a resumed run must be the one its finished epochs were trained with.
-
-        Returns:
-            The differences `allow_changes` accepted (recorded in metrics.jsonl).
-        """
-        diffs = recipe_differences(config_to_dict(saved), config_to_dict(self.config))
-        allowed = [d for d in diffs if any(d.split(":")[0] == key or d.startswith(key + ".")
-                                           for key in self.allow_changes)]
-        refused = [d for d in diffs if d not in allowed]
-        if refused:
-            raise ConfigError(
-                f"--resume would change the recipe of {self.out_dir} ({describe_differences(refused)}); its "
-                f"{finished} finished epoch(s) were trained with its config.yaml. Resume with the same recipe, pass "
-                "--allow-change KEY for a deliberate change (recorded in metrics.jsonl), or start a new run in "
-                "another --out-dir"
-            )
-        if self.config.train.epochs < finished:
-            raise ConfigError(f"train.epochs {self.config.train.epochs} is below the {finished} epochs {self.out_dir} "
-                              "has finished; a resume can extend a run, not shorten it")
-        for change in allowed:
-            logger.warning("--allow-change: resuming with %s", change)
-        return allowed
+            save_checkpoint(checkpoint_state(self), path)
 
     # ------------------------------------------------------------------------------------------- training
     def _check_finite(self, value: float, where: str, what: str = "the training loss") -> None:
         if not math.isfinite(value):
-            last = self.out_dir / "last.pt"
+            last = self.folder.last
             kept = f"the last good checkpoint {last} is kept" if last.exists() else "no checkpoint was written yet"
             raise TrainingDivergedError(
                 f"{what} became {value} at {where}; {kept}; lower optim.lr or use train.amp=off, then "
@@ -486,7 +318,7 @@ class _Run:
             lr = self._set_lr(self.epoch + step / steps_per_epoch)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            out = training_step(self.train_model, self.objective, x, y, optimizers=self._optimizers(),
+            out = training_step(self.nets.train, self.objective, x, y, optimizers=self._optimizers(),
                                 scaler=self.scaler, precision=self.precision,
                                 epoch=self.epoch + step / steps_per_epoch, generator=self.generator)
             if self.ema is not None:
@@ -533,7 +365,7 @@ class _Run:
     def _validate(self, row: dict[str, Any]) -> None:
         row["val_pgd_steps"] = self.val_attack.steps
         due = self.epoch % self.config.train.eval_every == 0 or self.epoch == self.config.train.epochs
-        models = {"": self.fast_model, **({"_ema": self.ema.model} if self.ema is not None else {})}
+        models = {"": self.nets.fast, **({"_ema": self.ema.model} if self.ema is not None else {})}
         if self.val_split is None or not due:
             for suffix in models:
                 row[f"val_clean_acc{suffix}"] = row[f"val_pgd_acc{suffix}"] = None
@@ -566,7 +398,7 @@ class _Run:
                                          steps_per_epoch=steps, first_epoch=self.epoch)
         if self.ctx.is_main and self.epoch <= cfg.epochs:
             logger.info("%s: the resolved recipe is %s", "resuming" if self.history else "training",
-                        self.out_dir / "config.yaml")
+                        self.folder.config)
             logger.info("%s", self._summary(steps))
         stopped: str | None = None
         while self.epoch <= cfg.epochs:
@@ -579,7 +411,7 @@ class _Run:
                 row["attention_weights"] = attention().detach().cpu().tolist()
             collapsed = False
             if self.guard is not None:
-                check = self.guard.check(self.fast_model)
+                check = self.guard.check(self.nets.fast)
                 row["probe_pgd_acc"] = check.robust_acc
                 collapsed = check.collapsed
             if collapsed:
@@ -598,15 +430,15 @@ class _Run:
             self.epoch += 1
             # last.pt goes last: a run killed between these writes redoes the epoch and rewrites the others.
             if chosen:
-                self._save("selected.pt")
+                self._save(self.folder.selected)
             if cfg.keep_epoch_checkpoints:
-                self._save(f"epoch-{finished_epoch:04d}.pt")
-            self._save("last.pt")
+                self._save(self.folder.epoch_checkpoint(finished_epoch))
+            self._save(self.folder.last)
         if self.selected_epoch is None and self.ctx.is_main and self.history:
             logger.warning("the selection policy %s chose no epoch (e.g. the first decay lies beyond the last "
                            "epoch); selected.pt is the last epoch", cfg.selection)
             self.selected_epoch = self.history[-1]["epoch"]
-            self._save("selected.pt")
+            self._save(self.folder.selected)
         self.progress.close()
         if self.metrics is not None:
             self.metrics.close()
@@ -642,18 +474,11 @@ class _Run:
                            self.ctx.world_size, self.epoch, row["replica_divergence"])
 
     def close(self) -> None:
-        handler = getattr(self, "_log_handler", None)
-        if handler is not None:
-            logging.getLogger("dsnet").removeHandler(handler)
-            handler.close()
-            self._log_handler = None
-        if self.lock is not None:
-            self.lock.release()
-            self.lock = None
+        self.folder.release()
         if self.ctx.owns_process_group:
             # DDP's reducer holds the process group: freed after the group was destroyed, it would destroy gloo's
             # group while holding the GIL, which deadlocks when a gloo worker thread still needs the GIL.
-            self.train_model = self.fast_model = None
+            self.nets = None
             gc.collect()
             teardown_distributed()
 
