@@ -123,3 +123,10 @@ def test_a_full_disk_at_the_first_checkpoint_names_no_earlier_one(trained: dict,
                                 disk / "run"], capsys)
         message = assert_one_line_error(code, err, "no space left on", ".pt was written", "free disk space")
         assert "is intact" not in message
+
+
+def test_a_nul_in_an_output_folder_is_one_line(trained: dict, tmp_path: Path, capsys) -> None:
+    """Found by the property test: `dsnet export --out-dir '\\x00'` (a checkpoint is optional since factories
+    export) reached pathlib, which raises a bare ValueError for such a name."""
+    code, _, err = run_cli(["export", "--out-dir", "\x00"], capsys)
+    assert_one_line_error(code, err, "--out-dir", "NUL character")

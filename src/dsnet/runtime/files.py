@@ -157,6 +157,9 @@ def ensure_writable_folder(folder: str | Path, option: str = "--out-dir") -> Pat
         WriteError: naming `option`, when the folder is a file, cannot be created or is not writable.
     """
     folder = Path(folder)
+    if "\0" in str(folder):  # the OS refuses such a name (Path would raise a bare ValueError)
+        raise WriteError(f"{option} {str(folder)!r} holds a NUL character, which no file name can; choose a folder "
+                         "name without it")
     try:
         if folder.exists() and not folder.is_dir():
             raise NotADirectoryError(errno.ENOTDIR, "it is a file, not a folder")
