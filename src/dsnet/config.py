@@ -12,6 +12,12 @@ second instead of after a GPU-day:
     train: {epochs: 120, batch_size: 128}
 
 ε and step sizes are floats in pixel units; the literal `8/255` is accepted wherever a float is expected.
+
+Recipes are data in `configs/`: one file per (dataset, training style) with the paper's DS-Net-4 (`cifar10_at`,
+`svhn_trades6`, ...), plus `quickstart` and the combined `cifar10_trades_ema_awp`. Every paper setting is reachable by
+name: `<recipe>_<model>` is that recipe with `model: {name: <model>}`, composed as `--set` composes, so
+`--config cifar10_mart_wrn34_10` (or the path `configs/cifar10_mart_wrn34_10.yaml`, which names it) is MART with
+WRN-34-10. A whole section can be replaced too: `--set 'objective={name: trades, beta: 6}'`.
 """
 
 from __future__ import annotations
@@ -46,6 +52,10 @@ __all__ = [
     "config_to_dict",
     "coerce_value",
     "recipe_differences",
+    "read_recipe",
+    "locate_recipe",
+    "recipe_names",
+    "default_configs_dir",
     "RESULT_NEUTRAL_KEYS",
     "RESUME_NEUTRAL_KEYS",
     "SELECTION_POLICIES",
@@ -339,17 +349,19 @@ def _check_model(model: ModelConfig, data: DataConfig) -> None:
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """Splits `section.key=value` into (["section", "key"], value), the value parsed as YAML."""
+    """Splits `section.key=value` into (["section", "key"], value), the value parsed as YAML; a bare `section={...}`
+    (a mapping) replaces the whole section."""
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like section.key=value")
     key, _, value = text.partition("=")
     path = key.strip().split(".")
-    if len(path) < 2 or not all(path):
-        raise ConfigError(f"override key {key!r} must be dotted, like train.epochs")
     try:
         parsed = yaml.safe_load(value) if value.strip() else None
     except yaml.YAMLError:
         parsed = value
+    if not all(path) or (len(path) < 2 and not isinstance(parsed, dict)):
+        raise ConfigError(f"override key {key!r} must be dotted, like train.epochs (or a whole section given a "
+                          "mapping: 'objective={name: trades, beta: 6}')")
     return path, parsed
 
 
@@ -360,6 +372,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     result = yaml.safe_load(yaml.safe_dump(raw)) if raw else {}
     for text in overrides:
         path, value = parse_override(text)
+        if len(path) == 1:  # a whole section
+            result[path[0]] = value
+            continue
         node = result
         for part in path[:-1]:
             child = node.setdefault(part, {})
@@ -370,14 +385,72 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return result
 
 
+def default_configs_dir() -> Path | None:
+    """`./configs` when it exists, else the `configs/` folder of a source checkout of dsnet, else None."""
+    import dsnet
+
+    here = Path("configs")
+    if here.is_dir():
+        return here
+    checkout = Path(dsnet.__file__).resolve().parents[2] / "configs"
+    return checkout if checkout.is_dir() else None
+
+
+def recipe_names(folder: str | Path | None = None) -> list[str]:
+    """The recipe files of `folder` (default `default_configs_dir()`), by name; `<name>_<model>` names more."""
+    folder = Path(folder) if folder is not None else default_configs_dir()
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder is not None and folder.is_dir() else []
+
+
+def _named_recipe(path: Path) -> tuple[dict[str, Any], Path] | None:
+    """The recipe a missing path or a bare name stands for: `<folder>/<name>.yaml`, or `<recipe>_<model>`, that
+    recipe with the model replaced (any registered model); None when the name is neither."""
+    folder = path.parent if str(path.parent) not in ("", ".") and path.parent.is_dir() else default_configs_dir()
+    if folder is None:
+        return None
+    stem = path.stem if path.suffix in (".yaml", ".yml") else path.name
+    if (folder / f"{stem}.yaml").is_file():
+        return _read_recipe_file(folder / f"{stem}.yaml"), folder / f"{stem}.yaml"
+    cuts = [i for i, char in enumerate(stem) if char == "_"]
+    for cut in cuts:  # the shortest recipe name first: models contain "_" too (wrn34_10)
+        base, model = stem[:cut], stem[cut + 1:]
+        if (folder / f"{base}.yaml").is_file():
+            from dsnet.models import MODELS
+
+            if model in MODELS:
+                raw = _read_recipe_file(folder / f"{base}.yaml")
+                raw["model"] = {"name": model}
+                return raw, folder / f"{base}.yaml"
+    return None
+
+
 def read_recipe(path: str | Path) -> dict[str, Any]:
-    """Reads a YAML recipe as a plain dict, with clear errors for a missing or malformed file."""
+    """Reads a YAML recipe as a plain dict, with clear errors for a missing or malformed file.
+
+    `path` is a file, or a recipe name (see the module docstring): `quickstart`, `cifar10_at`,
+    `cifar10_at_wrn34_10`, or a path in a recipe folder whose file name is such a name.
+    """
+    return locate_recipe(path)[0]
+
+
+def locate_recipe(path: str | Path) -> tuple[dict[str, Any], Path]:
+    """`read_recipe`, and the file the recipe was read from (for a composed name, its base recipe's file)."""
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"--config {path} is a folder, not a recipe file; pass one of its YAML files (recipes "
                           "live in configs/, e.g. configs/quickstart.yaml)")
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist; recipes live in configs/ (e.g. configs/quickstart.yaml)")
+    if path.is_file():
+        return _read_recipe_file(path), path
+    named = _named_recipe(path)
+    if named is not None:
+        return named
+    names = recipe_names(path.parent if path.parent.is_dir() and str(path.parent) not in ("", ".") else None)
+    known = f"; {suggest(path.stem, names)}" if names else ""
+    raise ConfigError(f"config file {path} does not exist and names no recipe (a file of configs/, or "
+                      f"<recipe>_<model> such as cifar10_at_wrn34_10){known}")
+
+
+def _read_recipe_file(path: Path) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:

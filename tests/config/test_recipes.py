@@ -17,8 +17,10 @@ from dsnet.config import load_config
 from dsnet.schedules import build_schedule
 
 CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
-BEYOND_THE_PAPER = ("quickstart", "cifar10_trades_ema_awp_dsnet4")
+BEYOND_THE_PAPER = ("quickstart", "cifar10_trades_ema_awp")
 PAPER_RECIPES = [p for p in CONFIGS if p.stem not in BEYOND_THE_PAPER]
+"""One recipe per (dataset, training style), of DS-Net-4; every other model trains with the same (`<recipe>_<model>`)."""
+PAPER = re.compile(r"(cifar10|svhn)_(at|trades1|trades6|mart)(?:_(\w+))?")
 
 # (dataset, objective) -> epochs, LR decay epochs, decay factors (cumulative multipliers of the base LR)
 PAPER_SCHEDULES = {
@@ -33,9 +35,14 @@ PAPER_BETA = {"at": None, "trades1": 1.0, "trades6": 6.0, "mart": 6.0}
 
 
 def test_there_are_recipes() -> None:
-    names = {p.stem for p in CONFIGS}
-    assert {"quickstart", "cifar10_at_dsnet4", "cifar10_trades1_dsnet4", "cifar10_trades6_dsnet6",
-            "cifar10_mart_dsnet4", "svhn_at_dsnet4", "cifar10_at_wrn34_10"} <= names
+    """One file per (dataset, style), and every paper setting by name (the model composed over the recipe)."""
+    assert {p.stem for p in PAPER_RECIPES} == {f"{d}_{s}" for d in ("cifar10", "svhn")
+                                               for s in ("at", "trades1", "trades6", "mart")}
+    for name, model in (("cifar10_at_dsnet4", "dsnet4"), ("cifar10_trades6_dsnet6", "dsnet6"),
+                        ("svhn_mart_wrn34_10", "wrn34_10"), ("cifar10_at_sat_wrn34_10", "sat_wrn34_10")):
+        assert load_config(name).model.name == model
+    with pytest.raises(Exception, match="names no recipe.*cifar10_at_wrn34_10"):
+        load_config("cifar10_at_wrn34_11")
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
@@ -44,10 +51,11 @@ def test_recipe_validates(path: Path) -> None:
     assert config.train.batch_size >= 1
 
 
-@pytest.mark.parametrize("path", PAPER_RECIPES, ids=[p.stem for p in PAPER_RECIPES])
-def test_every_paper_recipe_holds_the_papers_numbers(path: Path) -> None:
-    dataset, style, model = re.fullmatch(r"(cifar10|svhn)_(at|trades1|trades6|mart)_(\w+)", path.stem).groups()
-    config = load_config(path)
+@pytest.mark.parametrize("name", [p.stem for p in PAPER_RECIPES] + ["cifar10_at_wrn34_10", "svhn_trades6_dsnet6"])
+def test_every_paper_recipe_holds_the_papers_numbers(name: str) -> None:
+    dataset, style, model = PAPER.fullmatch(name).groups()
+    model = model or "dsnet4"
+    config = load_config(name)
     objective = config.objective
     name = "trades" if style.startswith("trades") else style
     epochs, milestones, factors = PAPER_SCHEDULES[(dataset, name)]
@@ -73,7 +81,7 @@ def test_every_paper_recipe_holds_the_papers_numbers(path: Path) -> None:
 def test_every_departure_of_the_authors_script_is_noted_beside_its_value(path: Path) -> None:
     """Where the authors' script differs from the paper's text, the recipe says so (a comment, not a value)."""
     text = path.read_text()
-    dataset, style = re.fullmatch(r"(cifar10|svhn)_(at|trades1|trades6|mart)_\w+", path.stem).groups()
+    dataset, style, _ = PAPER.fullmatch(path.stem).groups()
     expected = {
         ("cifar10", "at"): ["x0.005 from epoch 110"],
         ("cifar10", "mart"): ["epoch 90", "0.001"],
@@ -89,7 +97,7 @@ def test_every_departure_of_the_authors_script_is_noted_beside_its_value(path: P
 def test_the_modern_recipe_holds_the_numbers_of_its_sources() -> None:
     """EMA τ 0.995 from 2.5 % of the steps and 70 % generated images per batch (Wang et al. 2023), AWP γ 0.005 from
     epoch 10 (csdongxian/AWP's TRADES script), the RobustBench ε with the paper's TRADES schedule."""
-    path = Path(__file__).parents[2] / "configs" / "cifar10_trades_ema_awp_dsnet4.yaml"
+    path = Path(__file__).parents[2] / "configs" / "cifar10_trades_ema_awp.yaml"
     config = load_config(path)
     objective = config.objective
     assert (objective["name"], objective["awp_gamma"], objective["awp_warmup"]) == ("trades", 0.005, 9)

@@ -1,9 +1,12 @@
 """The paper's experiment grids: which training runs and evaluations make up each table and figure.
 
-A grid is a list of `Cell`s, one per (dataset, training style, model variant, seed). A cell is one training
-run (a recipe from `configs/`, with the model, objective and seed set) plus one evaluation of its selected
-checkpoint. Cells are shared between tables: the DS-Net-4 AT run of seed 0 is the same folder whether Table 2,
-Table 4 or Figure 4 asked for it, so nothing is trained twice.
+The grids, the training styles and the scales are data, in `grids.yaml` beside this module; this module reads them
+and composes the cells. A grid is a list of `Cell`s, one per (dataset, training style, model variant, seed). A cell
+is one training run plus one evaluation of its selected checkpoint; its recipe is composed the way `--set`
+composes: the named recipe `<dataset>_<style's recipe>_<model>` (`dsnet.config`: a recipe of `configs/` with the
+model replaced), the style's overrides, the variant's constructor arguments and the seed, the scale's overrides, then
+the user's `--set`. Cells are shared between tables: the DS-Net-4 AT run of seed 0 is the same folder whether
+Table 2, Table 4 or Figure 4 asked for it, so nothing is trained twice.
 
 Grids (paper setting in brackets):
 
@@ -19,16 +22,17 @@ Grids (paper setting in brackets):
   `--set model.kwargs.attention_scale=1.0 --set model.kwargs.attention_init_params=paper`.
 - `fig6`: 2 or 3 of the 4 blocks, width matched to DS-Net-4's parameter count (Figure 6; seed 0 as the paper).
 
-The scale (`Scale`) decides how big each run is: `paper` uses the recipes as written; `mini` shrinks epochs,
-widths, data and attacks so that a miniature of every grid runs on a CPU in minutes.
+The scale (`Scale`) decides how big each run is: `paper` uses the recipes as written; `mini` is a list of overrides
+(fewer epochs, images and attack steps), tiny models and a smaller evaluation, so that a miniature of every grid runs
+on a CPU in minutes.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import fnmatch
 import functools
-import itertools
 import logging
 import re
 from collections.abc import Iterable, Sequence
@@ -36,8 +40,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import dsnet
-from dsnet.config import read_recipe
+import yaml
+
+from dsnet.config import apply_overrides, default_configs_dir, locate_recipe, parse_override
 from dsnet.errors import ConfigError
 from dsnet.registry import Registry
 
@@ -69,22 +74,26 @@ METRICS = ("natural", "fgsm", "pgd", "cw_inf", "autoattack")
 METRIC_LABELS = {"natural": "Natural", "fgsm": "FGSM", "pgd": "PGD", "cw_inf": "C&W∞", "autoattack": "AA"}
 
 
+GRIDS_FILE = Path(__file__).with_name("grids.yaml")
+"""The grids, styles and scales, as data."""
+
+
+def _data() -> dict[str, Any]:
+    return yaml.safe_load(GRIDS_FILE.read_text(encoding="utf-8"))
+
+
 @dataclass(frozen=True)
 class StyleInfo:
-    """A training style: the recipe file part, the objective it trains with, and its display label."""
+    """A training style: its display label, the recipe it trains with (`<dataset>_<recipe>`), and that recipe's
+    overrides (the ST style is the AT recipe with the `standard` objective)."""
 
     label: str
-    objective: str
-    recipe_style: str
+    recipe: str
+    overrides: tuple[str, ...] = ()
 
 
-STYLES: dict[str, StyleInfo] = {
-    "standard": StyleInfo("ST", "standard", "at"),  # the paper gives no ST recipe: the AT schedule, no attack
-    "at": StyleInfo("AT", "at", "at"),
-    "trades1": StyleInfo("TRADES (β=1)", "trades", "trades1"),
-    "trades6": StyleInfo("TRADES (β=6)", "trades", "trades6"),
-    "mart": StyleInfo("MART (β=6)", "mart", "mart"),
-}
+STYLES: dict[str, StyleInfo] = {name: StyleInfo(style["label"], style["recipe"], tuple(style.get("set", ())))
+                                for name, style in _data()["styles"].items()}
 
 
 @dataclass(frozen=True)
@@ -161,113 +170,37 @@ class GridSpec:
     default_seeds: tuple[int, ...] = (0, 1, 2)
 
 
-_BLOCKS = ("residual", "mbconv", "dense", "ada_rk")
-_INITS = ("normal", "uniform", "lognormal", "exponential", "geometric")
-
-
-def _plain_models(*names: str) -> tuple[Variant, ...]:
-    """Registered models as they are, one row each, labelled as their `ModelInfo` says."""
-    return tuple(Variant(name, name) for name in names)
-
-
-def _fig4_variants() -> tuple[Variant, ...]:
-    # Panel b's reference, DS-Net-4 under AT, is the same run as panel a's first row.
-    return tuple(Variant(f"dsnet4-same-{b}", "dsnet4", {"attention": "same_block", "blocks": [b]},
-                         label="4 × {blocks}", panel="b")
-                 for b in ("dense", "residual", "ada_rk", "mbconv"))
-
-
-def _fig6_variants() -> tuple[Variant, ...]:
-    out = [Variant("dsnet4", "dsnet4", label="4 blocks (DS-Net-4)")]
-    for size in (3, 2):
-        for combo in itertools.combinations(_BLOCKS, size):
-            out.append(Variant(f"dsnet4-blocks-{'+'.join(combo)}", "dsnet4", {"blocks": list(combo)},
-                               label=f"{size} blocks: {{blocks}}",
-                               match_params_of="dsnet4"))
-    return tuple(out)
+def _variant(row: str | dict[str, Any]) -> Variant:
+    """A row of grids.yaml: a registered model's name, or a mapping of `Variant`'s fields (`model` defaults to the
+    name)."""
+    if isinstance(row, str):
+        return Variant(row, row)
+    return Variant(row["name"], row.get("model", row["name"]), dict(row.get("kwargs") or {}), row.get("label", ""),
+                   row.get("parent"), row.get("derive"), row.get("match_params_of"), row.get("panel", ""))
 
 
 GRIDS: Registry[GridSpec] = Registry("grid", hint="dsnet reproduce -h lists them")
-for _spec in (
-    GridSpec(
-        "table1", "Table 1: ST accuracy vs AT robustness, and their rankings (CIFAR-10)",
-        (Entry("cifar10", ("standard", "at"),
-               _plain_models("wrn28_10", "resnet62", "densenet121", "mobilenetv2", "resnet50", "adark_net")),),
-        {"standard": (), "at": ("pgd",)},
-    ),
-    GridSpec(
-        "table2", "Table 2: AT on CIFAR-10 and SVHN",
-        (Entry("cifar10", ("at",), _plain_models("resnet50", "wrn34_10", "sat_resnet50", "sat_wrn34_10", "ie_resnet50",
-                                                  "ie_wrn34_10", "adark_net", "robnet_large_v2", "dsnet4", "dsnet6")),
-         Entry("svhn", ("at",), _plain_models("resnet50", "wrn34_10", "dsnet4", "dsnet6"))),
-        {"at": ("*",)},
-    ),
-    GridSpec(
-        "table3", "Table 3: MART (β = 6) on CIFAR-10 and SVHN",
-        (Entry("cifar10", ("mart",), _plain_models("robnet_large_v2", "wrn34_10", "ie_wrn34_10", "dsnet4", "dsnet6")),
-         Entry("svhn", ("mart",), _plain_models("wrn34_10", "dsnet4", "dsnet6"))),
-        {"mart": ("*",)},
-    ),
-    GridSpec(
-        "trades", "TRADES (β = 1 and 6) on CIFAR-10 and SVHN (the paper's Appendix C)",
-        (Entry("cifar10", ("trades1", "trades6"),
-               _plain_models("robnet_large_v2", "wrn34_10", "ie_wrn34_10", "dsnet4", "dsnet6")),
-         Entry("svhn", ("trades1", "trades6"), _plain_models("wrn34_10", "dsnet4", "dsnet6"))),
-        {"trades1": ("*",), "trades6": ("*",)},
-    ),
-    GridSpec(
-        "table4", "Table 4: pruning to the top-m blocks per module, retrained with fixed weights (AT, CIFAR-10)",
-        (Entry("cifar10", ("at",), tuple(
-            Variant(f"dsnet4-prune{m}", "dsnet4", label=f"{m} block{'s' if m > 1 else ''}"
-                    + (" (fixed learned weights)" if m == 4 else ""), parent="dsnet4", derive=f"prune:{m}",
-                    match_params_of="dsnet4") for m in (1, 2, 3, 4)) + (Variant("dsnet4", "dsnet4",
-                                                                                  label="Ours (DS-Net-4-softmax)"),)),),
-        {"at": ("pgd",)},
-    ),
-    GridSpec(
-        "fig4", "Figure 4: (a) fixed uniform vs learned attention weights; (b) four copies of one block (CIFAR-10)",
-        (Entry("cifar10", ("at", "trades1", "mart"),
-               (Variant("dsnet4", "dsnet4", label="DS-Net-4-softmax", panel="a"),
-                Variant("dsnet4-fixed", "dsnet4", {"attention": "fixed"}, label="DS-Net-4-fixed", panel="a"))),
-         Entry("cifar10", ("at",), _fig4_variants())),
-        {"at": ("pgd",), "trades1": ("pgd",), "mart": ("pgd",)},
-    ),
-    GridSpec(
-        "fig5", "Figure 5: attention initialisations (AT, CIFAR-10, drawn as the authors' code draws them)",
-        (Entry("cifar10", ("at",), tuple(
-            Variant(f"dsnet4-init-{kind}", "dsnet4", {"attention_init": kind},
-                    label=kind + (" (reference)" if kind == "normal" else "")) for kind in _INITS)
-            + (Variant("dsnet4-init-learned", "dsnet4", label="learned (from the normal run)",
-                       parent="dsnet4-init-normal", derive="init_from_parent"),)),),
-        {"at": ("pgd",)},
-    ),
-    GridSpec(
-        "fig6", "Figure 6: block space reduced to 2 or 3 blocks, parameters matched to DS-Net-4 (AT, CIFAR-10)",
-        (Entry("cifar10", ("at",), _fig6_variants()),),
-        {"at": ("pgd",)},
-        default_seeds=(0,),
-    ),
-):
-    GRIDS.add(_spec.name, _spec)
+for _name, _grid in _data()["grids"].items():
+    GRIDS.add(_name, GridSpec(
+        _name, _grid["title"],
+        tuple(Entry(entry["dataset"], tuple(entry["styles"]), tuple(_variant(row) for row in entry["rows"]))
+              for entry in _grid["entries"]),
+        {style: tuple(names) for style, names in _grid["attacks"].items()},
+        tuple(_grid.get("seeds", (0, 1, 2)))))
 
 # ---------------------------------------------------------------------------------------------------- scale
 
 @dataclass(frozen=True)
 class Scale:
-    """How big each run of a grid is. None keeps what the recipe (or the evaluation preset) says.
+    """How big each run of a grid is (grids.yaml: `scales`).
 
     Attributes:
         name: "paper" or "mini".
         tiny_models: build each model at the size of its family's registered tiny variant (same builder and
             activation, a few channels; `dsnet.models.miniature_arguments`).
-        epochs: training epochs.
+        overrides: `section.key=value` overrides of every cell's recipe, applied where the recipe's section takes
+            the key (the standard objective has no attack steps to shrink).
         width: C0 of the DS-Nets (the reference width for parameter matching too).
-        train_subset: training images used (before the validation split).
-        val_size: validation images held out for model selection.
-        batch_size: training batch size.
-        train_attack_steps: attack steps of the training objective (capped).
-        val_pgd_steps: PGD steps of the per-epoch validation check.
-        selection: checkpoint selection policy.
         n_examples: test images evaluated, the first N in file order (None: the whole test set).
         attacks: every attack this scale can run; a grid's cells use the subset they need.
         attack_overrides: attack name -> settings that replace the preset's (e.g. fewer PGD steps).
@@ -278,14 +211,8 @@ class Scale:
 
     name: str
     tiny_models: bool = False
-    epochs: int | None = None
+    overrides: tuple[str, ...] = ()
     width: int | None = None
-    train_subset: int | None = None
-    val_size: int | None = None
-    batch_size: int | None = None
-    train_attack_steps: int | None = None
-    val_pgd_steps: int | None = None
-    selection: str | None = None
     n_examples: int | None = None
     attacks: tuple[str, ...] = ("fgsm", "pgd", "cw_inf", "autoattack")
     attack_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -293,15 +220,20 @@ class Scale:
     eval_sanity: bool = True
 
 
+def _scale(name: str, raw: dict[str, Any]) -> Scale:
+    evaluation = dict(raw.get("eval") or {})
+    defaults = Scale(name)
+    return Scale(name, tiny_models=bool(raw.get("tiny_models", False)), overrides=tuple(raw.get("set", ())),
+                 n_examples=evaluation.get("n_examples"),
+                 attacks=tuple(evaluation.get("attacks", defaults.attacks)),
+                 attack_overrides={k: dict(v) for k, v in (evaluation.get("attack_overrides") or {}).items()},
+                 autoattack_fraction=evaluation.get("autoattack_fraction", defaults.autoattack_fraction),
+                 eval_sanity=bool(evaluation.get("sanity", True)))
+
+
 SCALES: Registry[Scale] = Registry("scale", hint="--scale paper or mini")
-for _scale in (
-    Scale("paper"),
-    Scale("mini", tiny_models=True, epochs=2, train_subset=512, val_size=64, batch_size=64,
-                  train_attack_steps=3, val_pgd_steps=2, selection="last", n_examples=128,
-                  attacks=("fgsm", "pgd", "cw_inf"), attack_overrides={"pgd": {"steps": 5}, "cw_inf": {"steps": 5}},
-                  autoattack_fraction=None, eval_sanity=False),
-):
-    SCALES.add(_scale.name, _scale)
+for _name, _raw in _data()["scales"].items():
+    SCALES.add(_name, _scale(_name, _raw or {}))
 
 
 @dataclass(frozen=True)
@@ -389,39 +321,27 @@ class Cell:
 
 # -------------------------------------------------------------------------------------------------- recipes
 
-def default_configs_dir() -> Path | None:
-    """`./configs` when it exists, else the `configs/` folder of a source checkout of dsnet, else None."""
-    here = Path("configs")
-    if here.is_dir():
-        return here
-    checkout = Path(dsnet.__file__).resolve().parents[2] / "configs"
-    return checkout if checkout.is_dir() else None
-
-
 def base_recipe(dataset: str, style: str, model: str, configs_dir: Path | None) -> tuple[dict[str, Any], str]:
-    """The recipe of `model` trained in `style` on `dataset`, and where it came from.
+    """The recipe of `model` trained in `style` on `dataset`, and the file it came from.
 
-    Looks for `<dataset>_<style>_<model>.yaml`, then `<dataset>_<style>_dsnet4.yaml` (the paper trains every
-    model with the same setting). The recipe files are the one source of the paper's settings. The ST style uses
-    the AT recipe with the `standard` objective.
+    The named recipe `<dataset>_<style's recipe>_<model>` (the paper trains every model with the same setting:
+    `configs/<dataset>_<recipe>.yaml` with the model replaced), then the style's overrides.
 
     Raises:
-        ConfigError: neither file is in `configs_dir` (or no recipe folder was found).
+        ConfigError: no such recipe in `configs_dir` (or no recipe folder was found).
     """
     info = STYLES[style]
-    stems = (f"{dataset}_{info.recipe_style}_{model}", f"{dataset}_{info.recipe_style}_dsnet4")
-    path = next((Path(configs_dir) / f"{stem}.yaml" for stem in stems
-                 if configs_dir is not None and (Path(configs_dir) / f"{stem}.yaml").is_file()), None)
-    if path is None:
-        where = f"in {configs_dir}" if configs_dir is not None else "(no configs/ folder here or in the dsnet source)"
-        raise ConfigError(f"no recipe for {dataset} {info.recipe_style} {model} {where}: expected {stems[0]}.yaml or "
-                          f"{stems[1]}.yaml; pass --configs-dir with the recipes of dsnet's configs/ folder")
-    raw, source = copy.deepcopy(read_recipe(path)), str(path)
-    if raw.get("model", {}).get("name") != model:
-        raw["model"] = {"name": model}
-    if info.objective == "standard":
-        raw["objective"] = {"name": "standard"}
-    return raw, source
+    name = f"{dataset}_{info.recipe}_{model}"
+    if configs_dir is None:
+        raise ConfigError(f"no recipe for {dataset} {info.recipe} {model} (no configs/ folder here or in the dsnet "
+                          "source); pass --configs-dir with the recipes of dsnet's configs/ folder")
+    try:
+        raw, source = locate_recipe(Path(configs_dir) / f"{name}.yaml")
+    except ConfigError:
+        raise ConfigError(f"no recipe for {dataset} {info.recipe} {model} in {configs_dir}: expected "
+                          f"{dataset}_{info.recipe}.yaml; pass --configs-dir with the recipes of dsnet's configs/ "
+                          "folder") from None
+    return apply_overrides(copy.deepcopy(raw), list(info.overrides)), str(source)
 
 
 # --------------------------------------------------------------------------------------------------- models
@@ -510,8 +430,6 @@ def build_grid(
     Raises:
         ConfigError: unknown grid, dataset filter that leaves nothing, or a bad override.
     """
-    from dsnet.config import apply_overrides
-
     spec = GRIDS.get(name)
     scale = SCALES[scale] if isinstance(scale, str) else scale
     seeds = tuple(spec.default_seeds if seeds is None else seeds)
@@ -538,15 +456,14 @@ def build_grid(
                         continue
                     seen.add(run_id)
                     cells.append(_make_cell(spec.name, entry.dataset, style, seed, variant, run_id, scale,
-                                            chosen, preset, overrides, configs, apply_overrides))
+                                            chosen, preset, overrides, configs))
     if not cells:
         raise ConfigError(f"grid {name} has no runs for datasets={list(datasets or [])} models={list(models or [])}")
     return cells
 
 
 def _make_cell(grid: str, dataset: str, style: str, seed: int, variant: Variant, run_id: str, scale: Scale,
-               attacks: tuple[str, ...], preset: str, overrides: Sequence[str], configs: Path | None,
-               apply_overrides: Any) -> Cell:
+               attacks: tuple[str, ...], preset: str, overrides: Sequence[str], configs: Path | None) -> Cell:
     raw, source = base_recipe(dataset, style, variant.model, configs)
     kwargs = {**raw.get("model", {}).get("kwargs", {}), **scaled_model_kwargs(variant.model, variant.kwargs, scale)}
     target = None
@@ -558,10 +475,10 @@ def _make_cell(grid: str, dataset: str, style: str, seed: int, variant: Variant,
             kwargs.pop("width", None)
     raw["model"] = {"name": variant.model, "kwargs": kwargs} if kwargs else {"name": variant.model}
     raw.setdefault("train", {})["seed"] = seed
-    _apply_scale(raw, scale)
+    raw = apply_overrides(raw, _taken(raw, scale.overrides))
     raw = apply_overrides(raw, list(overrides))
     logger.debug("%s: recipe from %s", run_id, source)
-    trained_with = STYLES[style].objective
+    trained_with = str(raw["objective"]["name"])  # the paper preset's evaluation step is paired with it
     overrides_for = {k: v for k, v in scale.attack_overrides.items() if k in attacks}
     fraction = scale.autoattack_fraction if "autoattack" in attacks and scale.n_examples is None else None
     spec = EvalSpec(preset=preset, attacks=attacks, trained_with=trained_with, n_examples=scale.n_examples,
@@ -570,29 +487,31 @@ def _make_cell(grid: str, dataset: str, style: str, seed: int, variant: Variant,
     return Cell(grid, dataset, style, seed, variant, run_id, raw, spec, parent_id, variant.derive, target, source)
 
 
-def _apply_scale(raw: dict[str, Any], scale: Scale) -> None:
-    data, train, objective = raw.setdefault("data", {}), raw.setdefault("train", {}), raw.setdefault("objective", {})
-    if scale.epochs is not None:
-        train["epochs"] = scale.epochs
-    if scale.train_subset is not None:
-        data["train_subset"] = scale.train_subset
-    if scale.val_size is not None:
-        data["val_size"] = scale.val_size
-    if scale.batch_size is not None:
-        train["batch_size"] = scale.batch_size
-    if scale.train_attack_steps is not None and "steps" in objective:
-        objective["steps"] = min(int(objective["steps"]), scale.train_attack_steps)
-    if scale.val_pgd_steps is not None:
-        train["val_pgd_steps"] = scale.val_pgd_steps
-    if scale.selection is not None:
-        train["selection"] = scale.selection
-    if scale.name != "paper":
-        schedule = raw.get("schedule") or {}
-        if schedule.get("warmup_epochs"):
-            schedule["warmup_epochs"] = 0  # a 5-epoch warm-up would leave a 2-epoch miniature at a tiny LR
+def _taken(raw: dict[str, Any], overrides: Sequence[str]) -> list[str]:
+    """The overrides a recipe's sections take: an objective's or schedule's key only where that entry has such a
+    parameter (the `standard` objective has no attack steps); a key of the other sections always."""
+    from dsnet.objectives import OBJECTIVES
+    from dsnet.schedules import SCHEDULES
+
+    registries = {"objective": OBJECTIVES, "schedule": SCHEDULES}
+    taken = []
+    for text in overrides:
+        path, _ = parse_override(text)
+        registry = registries.get(path[0])
+        if registry is not None and len(path) == 2:
+            entry = registry.get((raw.get(path[0]) or {}).get("name", "at" if path[0] == "objective" else "piecewise"))
+            if path[1] not in {f.name for f in dataclasses.fields(entry)}:
+                continue
+        taken.append(text)
+    return taken
 
 
-def with_scale(scale: Scale | str, **changes: Any) -> Scale:
-    """`scale` with some fields replaced; None values are ignored (unset command-line flags)."""
+def with_scale(scale: Scale | str, *, epochs: int | None = None, width: int | None = None,
+               n_examples: int | None = None, train_subset: int | None = None) -> Scale:
+    """`scale` with the command line's changes (None: unset, the scale's): more or fewer epochs and training images
+    are overrides appended to the scale's, the width and the number of test points replace its own."""
     base = SCALES[scale] if isinstance(scale, str) else scale
-    return replace(base, **{k: v for k, v in changes.items() if v is not None})
+    extra = tuple(f"{key}={value}" for key, value in (("train.epochs", epochs), ("data.train_subset", train_subset))
+                  if value is not None)
+    changes = {k: v for k, v in (("width", width), ("n_examples", n_examples)) if v is not None}
+    return replace(base, overrides=base.overrides + extra, **changes)
