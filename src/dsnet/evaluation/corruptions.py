@@ -22,7 +22,7 @@ import torch
 
 from dsnet.errors import ConfigError, DataError
 from dsnet.evaluation.suite import Metric, Preset, Suite
-from dsnet.registry import Registry, unknown_name
+from dsnet.registry import Registry
 
 __all__ = ["CorruptionSuite", "CORRUPTION_SUITE", "CORRUPTIONS_PNG", "corruption_table", "corruption_mean"]
 
@@ -74,13 +74,7 @@ class CorruptionSuite(Suite):
         from dsnet.data.corruptions import CORRUPTIONS, EXTRA_CORRUPTIONS
 
         valid = ["clean", *CORRUPTIONS, *EXTRA_CORRUPTIONS]
-        wanted: list[str] = []
-        for item in (preset.corruptions if requested is None else requested):
-            wanted += [part.strip() for part in str(item).split(",") if part.strip()]
-        for name in wanted:
-            if name not in valid:
-                raise unknown_name("corruption", name, valid)
-        return tuple(name for name in dict.fromkeys(wanted) if name != "clean")
+        return tuple(self.requested_names(requested, preset.corruptions, valid, "corruption"))
 
     def validate(self, config: Any, preset: Preset, problems: Any) -> None:
         if config.eps is not None:

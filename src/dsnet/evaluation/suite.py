@@ -134,6 +134,19 @@ class Suite(ABC):
             UnknownNameError: a name that is not a metric of this suite (the valid ones are listed).
         """
 
+    @staticmethod
+    def requested_names(requested: Iterable[str] | None, default: Iterable[str], valid: list[str],
+                        kind: str) -> list[str]:
+        """The names asked for (the `default` when None; comma-separated items are split), each checked against
+        `valid` (an unknown one raises `UnknownNameError` listing them), duplicates and "clean" left out."""
+        wanted: list[str] = []
+        for item in (default if requested is None else requested):
+            wanted += [part.strip() for part in str(item).split(",") if part.strip()]
+        for name in wanted:
+            if name not in valid:
+                raise unknown_name(kind, name, valid)
+        return [name for name in dict.fromkeys(wanted) if name != "clean"]
+
     def validate(self, config: Any, preset: Preset, problems: Problems) -> None:
         """Adds a message for every setting of `config` (an `EvalConfig`) that does not apply to this suite."""
 

@@ -88,14 +88,8 @@ class ThreatModel(Suite):
                    for name in THREAT_MODELS.get(key).presets.get(p)}
         ours = {name for p in self.presets.names() for name in self.presets.get(p)}
         valid = ["clean", *(n for n in ATTACKS.names() if n in ours or n not in claimed)]
-        wanted: list[str] = []
-        for item in (self.default_attacks if requested is None else requested):
-            wanted += [part.strip() for part in str(item).split(",") if part.strip()]
-        for name in wanted:
-            if name not in valid:
-                raise unknown_name("attack", name, valid)
+        unique = self.requested_names(requested, self.default_attacks, valid, "attack")
         order = {name: i for i, name in enumerate(METRIC_ORDER)}
-        unique = [name for name in dict.fromkeys(wanted) if name != "clean"]
         return tuple(sorted(unique, key=lambda name: (order.get(name, len(order)), unique.index(name))))
 
     def validate(self, config: Any, preset: Preset, problems: Any) -> None:
