@@ -121,6 +121,11 @@ class OptimConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     nesterov: bool = False
+    norm_weight_decay: bool = True
+    """Decay the weights and biases of normalisation layers too; false exempts them (DM-Improves-AT: every BN)."""
+    grad_clip: float | None = None
+    """Clip the gradients' global L2 norm to this value before each step (the robust-residual-network recipe: 5.0);
+    None: off."""
     attention_lr: float = 1e-3
     """Adam learning rate for DS-Net's attention weights (never scheduled, as in the authors' code)."""
     attention_betas: tuple[float, float] = (0.5, 0.999)
@@ -134,6 +139,7 @@ class OptimConfig:
         problems.require(self.attention_lr >= 0, "optim.attention_lr must be >= 0")
         problems.require(0 <= self.momentum < 1, "optim.momentum must be in [0, 1)")
         problems.require(self.weight_decay >= 0 and self.attention_weight_decay >= 0, "optim.weight_decay must be >= 0")
+        problems.require(self.grad_clip is None or self.grad_clip > 0, "optim.grad_clip must be > 0, or null for off")
         problems.require(len(self.attention_betas) == 2 and all(0 <= b < 1 for b in self.attention_betas),
                          "optim.attention_betas must be two numbers in [0, 1)")
         problems.raise_if_any()
@@ -177,6 +183,9 @@ class TrainConfig:
     validated, selected and saved beside the model (`dsnet.training.ema`); None: off."""
     ema_warmup: float = 0.025
     """With `ema_decay`: the fraction of all training steps before averaging starts (2.5 % in the reference)."""
+    bn_warm_start: bool = False
+    """BatchNorm momentum 1.0 on a run's first step, so that running statistics start as that batch's (as Haiku's
+    do; DM-Improves-AT and the robust-residual-network's advanced recipe), then each layer's own momentum."""
 
     def __post_init__(self) -> None:
         problems = Problems()

@@ -19,6 +19,11 @@ function with the 1-based epoch and uses "≥" thresholds):
 - cosine: from base_lr at epoch max(W, 1) down to `final_lr` at epoch `epochs + 1` (the end of training).
 - cyclic: 0 at epoch 1, linearly up to base_lr at the `peak_fraction` point of training, linearly down to 0 at
   epoch `epochs + 1` (Fast-AT's one-cycle schedule). It ramps up by itself, so it takes no warm-up.
+- onecycle: torch's `OneCycleLR` as DM-Improves-AT and the robust-residual-network's advanced recipe use it, with
+  one scheduler step per epoch (the LR is constant within an epoch): cosine up from base_lr / div_factor to base_lr
+  over the first `pct_start` of the epochs, cosine down to base_lr / div_factor / final_div_factor at the last
+  epoch; SGD's momentum cycles the other way (max_momentum → base_momentum → max_momentum). The only schedule that
+  also sets the momentum (`momentum_at`).
 
 Past the end of training (epoch > epochs + 1) every schedule holds its final value.
 """
@@ -33,7 +38,8 @@ from typing import Any, ClassVar
 from dsnet.registry import Registry
 from dsnet.validate import Problems, Settings, build_settings, is_number
 
-__all__ = ["SCHEDULES", "Schedule", "PiecewiseSchedule", "CosineSchedule", "CyclicSchedule", "build_schedule"]
+__all__ = ["SCHEDULES", "Schedule", "PiecewiseSchedule", "CosineSchedule", "CyclicSchedule", "OneCycleSchedule",
+           "build_schedule"]
 
 SCHEDULES: Registry[type[Schedule]] = Registry("schedule")
 
@@ -80,6 +86,10 @@ class Schedule(Settings):
         if epoch <= self.warmup_epochs:
             return self.base_lr * epoch / self.warmup_epochs
         return self._after_warmup(epoch)
+
+    def momentum_at(self, epoch: float) -> float | None:
+        """SGD's momentum at `epoch`, for a schedule that sets it; None leaves `optim.momentum` as it is."""
+        return None
 
     def __call__(self, epoch: float) -> float:
         return self.lr_at(epoch)
@@ -178,11 +188,81 @@ class CyclicSchedule(Schedule):
         return self.base_lr * (1.0 - progress) / (1.0 - self.peak_fraction)
 
 
+def _cosine_between(start: float, end: float, progress: float) -> float:
+    """From `start` (progress 0) to `end` (progress 1) along half a cosine, as torch's `_annealing_cos`."""
+    return end + (start - end) / 2.0 * (math.cos(math.pi * progress) + 1)
+
+
+@_register
+@dataclass(frozen=True, kw_only=True)
+class OneCycleSchedule(Schedule):
+    """torch's `OneCycleLR(max_lr=base_lr, total_steps=epochs, pct_start, anneal_strategy="cos")` stepped once per
+    epoch, as DM-Improves-AT trains (400 epochs, peak 0.2 at epoch 10, 8e-7 at epoch 400), with its momentum cycle.
+
+    Epoch e (1-based) is scheduler step s = e − 1; the peak is at step ⌊pct_start · epochs⌋ − 1 (torch's
+    `pct_start * total_steps - 1`); the LR is constant within an epoch.
+
+    Attributes:
+        pct_start: the fraction of the epochs spent ramping up (0.025 in DM-Improves-AT: 10 of 400).
+        div_factor: base_lr / the initial LR (torch's 25).
+        final_div_factor: the initial LR / the final LR (torch's 1e4).
+        base_momentum: the momentum at the peak LR (torch's 0.85).
+        max_momentum: the momentum at the start and the end (torch's 0.95).
+        cycle_momentum: whether the momentum cycles (torch's default True); false leaves optim.momentum.
+    """
+
+    name: ClassVar[str] = "onecycle"
+    pct_start: float = 0.3
+    div_factor: float = 25.0
+    final_div_factor: float = 1e4
+    base_momentum: float = 0.85
+    max_momentum: float = 0.95
+    cycle_momentum: bool = True
+
+    def _validate(self, problems: Problems) -> None:
+        super()._validate(problems)
+        if not is_number(self.pct_start) or not 0 < self.pct_start < 1:
+            problems.add(f"pct_start must be a number in (0, 1), got {self.pct_start!r}")
+        problems.number("div_factor", self.div_factor, strict=True)
+        problems.number("final_div_factor", self.final_div_factor, strict=True)
+        if problems.number("base_momentum", self.base_momentum) and problems.number("max_momentum", self.max_momentum):
+            problems.require(self.base_momentum <= self.max_momentum < 1,
+                             f"base_momentum ({self.base_momentum}) <= max_momentum ({self.max_momentum}) < 1 needed")
+        if self.warmup_epochs != 0:
+            problems.add("the onecycle schedule ramps up by itself; warmup_epochs must be 0 (use pct_start)")
+        if is_number(self.pct_start) and isinstance(self.epochs, int) and self.pct_start * self.epochs < 2:
+            problems.add(f"pct_start · epochs must be >= 2 so that the ramp has a step, got "
+                         f"{self.pct_start} · {self.epochs}")
+
+    def _phase(self, epoch: float) -> tuple[float, bool]:
+        """(progress within the phase, whether it is the ramp up) at the epoch's scheduler step."""
+        step = min(math.floor(epoch), self.epochs) - 1
+        peak = float(self.pct_start * self.epochs) - 1
+        if step <= peak:
+            return step / peak, True
+        return (step - peak) / (self.epochs - 1 - peak), False
+
+    def _after_warmup(self, epoch: float) -> float:
+        initial = self.base_lr / self.div_factor
+        progress, rising = self._phase(epoch)
+        if rising:
+            return _cosine_between(initial, self.base_lr, progress)
+        return _cosine_between(self.base_lr, initial / self.final_div_factor, progress)
+
+    def momentum_at(self, epoch: float) -> float | None:
+        if not self.cycle_momentum:
+            return None
+        progress, rising = self._phase(max(epoch, 1.0))
+        if rising:
+            return _cosine_between(self.max_momentum, self.base_momentum, progress)
+        return _cosine_between(self.base_momentum, self.max_momentum, progress)
+
+
 def build_schedule(name: str, base_lr: float, epochs: int, **params: Any) -> Schedule:
     """Builds a registered LR schedule.
 
     Args:
-        name: one of `SCHEDULES.names()`: "piecewise", "cosine", "cyclic".
+        name: one of `SCHEDULES.names()`: "piecewise", "cosine", "cyclic", "onecycle".
         base_lr: the peak learning rate.
         epochs: number of training epochs.
         **params: `warmup_epochs` and the schedule's own parameters (see its class).

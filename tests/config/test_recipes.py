@@ -17,7 +17,7 @@ from dsnet.config import load_config
 from dsnet.schedules import build_schedule
 
 CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
-BEYOND_THE_PAPER = ("quickstart", "cifar10_trades_ema_awp")
+BEYOND_THE_PAPER = ("quickstart", "cifar10_trades_ema_awp", "cifar10_trades_dm", "cifar10_trades_rrn")
 PAPER_RECIPES = [p for p in CONFIGS if p.stem not in BEYOND_THE_PAPER]
 """One recipe per (dataset, training style), of DS-Net-4; every other model trains with the same (`<recipe>_<model>`)."""
 PAPER = re.compile(r"(cifar10|svhn)_(at|trades1|trades6|mart)(?:_(\w+))?")
@@ -106,3 +106,44 @@ def test_the_modern_recipe_holds_the_numbers_of_its_sources() -> None:
     assert (config.data.extra_fraction, config.data.extra_path) == (0.7, "data/cifar10_1m.npz")
     assert (config.train.epochs, config.schedule["milestones"]) == (85, [75])
     assert "huggingface.co/datasets/P2333/DM-Improves-AT" in path.read_text()
+
+
+def test_the_dm_recipe_holds_the_values_of_wang_et_als_code() -> None:
+    """DM-Improves-AT's README command and code defaults (train-wa.py, watrain.py, trades.py, parser.py)."""
+    path = Path(__file__).parents[2] / "configs" / "cifar10_trades_dm.yaml"
+    config = load_config(path)
+    o = config.objective
+    assert (o["name"], o["beta"], o["label_smoothing"], o["steps"], o["start"], o["noise_std"]) == (
+        "trades", 5.0, 0.1, 10, "uniform", 0.0)
+    assert o["eps"] == pytest.approx(8 / 255) and o["step_size"] == pytest.approx(2 / 255)
+    assert (o["attack_mode"], o["outer_order"]) == ("batch", "clean_first")
+    assert (config.model.name, config.data.extra_fraction, config.data.val_size) == ("dm_wrn28_10", 0.7, 1024)
+    optim = config.optim
+    assert (optim.lr, optim.nesterov, optim.weight_decay, optim.norm_weight_decay) == (0.2, True, 5e-4, False)
+    schedule = config.schedule
+    assert (schedule["name"], schedule(1.0), schedule(10.0), schedule(400.0)) == pytest.approx(
+        ("onecycle", 0.008, 0.2, 8e-7))
+    assert schedule.momentum_at(1.0) == pytest.approx(0.95) and schedule.momentum_at(10.0) == pytest.approx(0.85)
+    train = config.train
+    assert (train.epochs, train.batch_size, train.max_steps_per_epoch) == (400, 512, 98)  # ceil(50000 / 512)
+    assert (train.ema_decay, train.ema_warmup, train.bn_warm_start, train.val_pgd_steps) == (0.995, 0.025, True, 40)
+    assert "huggingface.co/datasets/P2333/DM-Improves-AT" in path.read_text()
+    assert load_config("cifar10_trades_dm_ra_wrn70_16").model.name == "ra_wrn70_16"
+
+
+def test_the_rrn_recipe_holds_the_values_of_huang_et_als_code() -> None:
+    """robust-residual-network's configs/CIFAR10/RobustResNet-A1.yaml, main_dist.py and core/losses/trades.py."""
+    path = Path(__file__).parents[2] / "configs" / "cifar10_trades_rrn.yaml"
+    config = load_config(path)
+    o = config.objective
+    assert (o["name"], o["beta"], o["steps"], o["start"], o["start_std"], o["noise_std"], o["attack_mode"]) == (
+        "trades", 6.0, 10, "normal", 0.001, 0.0, "eval")
+    assert o["eps"] == pytest.approx(8 / 255) and o["step_size"] == pytest.approx(2 / 255)
+    assert (config.model.name, config.model.kwargs) == ("rrn_a1", {"activation": "relu"})
+    optim = config.optim
+    assert (optim.lr, optim.momentum, optim.weight_decay, optim.nesterov, optim.grad_clip) == (0.1, 0.9, 2e-4,
+                                                                                                False, 5.0)
+    schedule = config.schedule
+    assert [schedule(e) for e in (75.0, 76.0, 90.0, 91.0)] == pytest.approx([0.1, 0.01, 0.01, 0.001])
+    assert (config.train.epochs, config.train.batch_size, config.train.val_pgd_steps) == (100, 128, 20)
+    assert load_config("cifar10_trades_rrn_wrn_a4").model.name == "wrn_a4"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -78,9 +79,10 @@ def test_cyclic_peak_and_ends() -> None:
 
 
 @given(epoch=st.floats(min_value=1.0, max_value=200.0),
-       name=st.sampled_from(["piecewise", "cosine", "cyclic"]))
+       name=st.sampled_from(["piecewise", "cosine", "cyclic", "onecycle"]))
 def test_lr_stays_within_zero_and_base(epoch: float, name: str) -> None:
-    params = {"piecewise": dict(milestones=[30, 60], factors=[0.1, 0.01]), "cosine": {}, "cyclic": {}}[name]
+    params = {"piecewise": dict(milestones=[30, 60], factors=[0.1, 0.01]), "cosine": {}, "cyclic": {},
+              "onecycle": {"pct_start": 0.025}}[name]
     lr = build_schedule(name, base_lr=0.1, epochs=100, **params)(epoch)
     assert 0.0 <= lr <= 0.1 + 1e-15
 
@@ -91,7 +93,7 @@ def test_zero_based_epoch_is_refused() -> None:
 
 
 def test_registry_and_config() -> None:
-    assert SCHEDULES.names() == ["piecewise", "cosine", "cyclic"]
+    assert SCHEDULES.names() == ["piecewise", "cosine", "cyclic", "onecycle"]
     cfg = build_schedule(**CIFAR_AT).config()
     assert cfg == {"name": "piecewise", "base_lr": 0.1, "epochs": 120, "warmup_epochs": 0,
                    "milestones": [60, 90, 110], "factors": [0.1, 0.01, 0.005]}
@@ -123,9 +125,41 @@ def test_unknown_name() -> None:
         ("piecewise", {"milestones": [3], "factors": [0.1], "warmup_epochs": 5}, "after the warm-up"),
         ("cyclic", {"peak_fraction": 1.0}, "peak_fraction"),
         ("cyclic", {"warmup_epochs": 2}, "warmup_epochs"),
+        ("onecycle", {"pct_start": 0.0}, "pct_start"),
+        ("onecycle", {"pct_start": 0.1}, "pct_start · epochs"),
+        ("onecycle", {"warmup_epochs": 2}, "warmup_epochs"),
+        ("onecycle", {"base_momentum": 0.96}, "base_momentum"),
+        ("onecycle", {"div_factor": 0}, "div_factor"),
     ],
 )
 def test_bad_parameters(name: str, params: dict, field: str) -> None:
     kwargs = {"base_lr": 0.1, "epochs": 10, **params}
     with pytest.raises(ConfigError, match=field):
         build_schedule(name, **kwargs)
+
+
+@pytest.mark.parametrize(("epochs", "pct_start", "lr"), [(400, 0.025, 0.2), (10, 0.3, 0.1), (7, 0.5, 0.4)])
+def test_onecycle_is_torchs_one_cycle_stepped_once_per_epoch(epochs: int, pct_start: float, lr: float) -> None:
+    """DM-Improves-AT steps torch's OneCycleLR(total_steps=epochs) once per epoch: LR and momentum at every point of
+    every epoch are torch's, and the LR of DM's 400-epoch run starts at 0.2/25, peaks at epoch 10, ends at 8e-7."""
+    schedule = build_schedule("onecycle", base_lr=lr, epochs=epochs, pct_start=pct_start)
+    weight = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([weight], lr=lr, momentum=0.9)
+    reference = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, pct_start=pct_start, total_steps=epochs)
+    for epoch in range(1, epochs + 1):
+        group = optimizer.param_groups[0]
+        for within in (0.0, 0.5, 0.999):
+            assert schedule(epoch + within) == pytest.approx(group["lr"], rel=1e-12)
+            assert schedule.momentum_at(epoch + within) == pytest.approx(group["momentum"], rel=1e-12)
+        optimizer.step()
+        if epoch < epochs:
+            reference.step()
+    if epochs == 400:
+        assert schedule(1.0) == pytest.approx(0.008) and schedule(10.0) == pytest.approx(0.2)
+        assert schedule(400.0) == pytest.approx(8e-7) and schedule(401.0) == pytest.approx(8e-7)
+        assert schedule.momentum_at(10.0) == pytest.approx(0.85)
+
+
+def test_only_onecycle_sets_the_momentum() -> None:
+    assert build_schedule(**CIFAR_AT).momentum_at(5.0) is None
+    assert build_schedule("onecycle", base_lr=0.1, epochs=10, cycle_momentum=False).momentum_at(5.0) is None

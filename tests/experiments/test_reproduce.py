@@ -215,3 +215,27 @@ def test_worker_process_runs_one_cell(cifar10_dir: Path, tmp_path: Path, monkeyp
     assert result.failed == {} and result.ran == ["cifar10-at-resnet50-seed0"], result.failed
     folder = cell_dir(tmp_path, cells[0].cell)
     assert (folder / "worker.log").is_file() and list((folder / "eval").glob("*/report.json"))
+
+
+def test_the_architectures_grid_runs_at_mini_scale(cifar10_dir: Path, tmp_path: Path) -> None:
+    """DS-Net over today's blocks beside RobustResNet and RaWRN under one recipe, its width matched to A1's count,
+    with parameters and GFLOPs in the table."""
+    result = reproduce("architectures", out_dir=tmp_path, data_dir=cifar10_dir, scale="mini", seeds=[0],
+                       datasets=["cifar10"], models=["rrn_a1", "dsnet4-today-at-a1", "ra_wrn70_16"], attacks=["pgd"],
+                       epochs=1, n_examples=16, overrides=TINY)
+    assert result.failed == {} and len(result.ran) == 3
+    md = (tmp_path / "tables" / "architectures.md").read_text()
+    assert "## CIFAR-10, TRADES (β=6), the RobustResNet recipe" in md
+    header = next(line for line in md.splitlines() if line.startswith("| Model"))
+    assert [c.strip() for c in header.strip("|").split("|")][:6] == ["Model", "Seeds", "Params (M)", "GFLOPs",
+                                                                     "Natural", "Paper"]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
+            for line in md.splitlines() if line.startswith(("| RobustResNet", "| DS-Net", "| RaWRN"))}
+    today = rows["DS-Net-4 over Residual, RobustRes, RaWRN, Dense (matched to A1)"]
+    a1 = rows["RobustResNet-A1"]
+    assert abs(float(today[2]) - float(a1[2])) / float(a1[2]) < 0.15  # the budget is matched
+    assert float(today[3]) > 0 and today[7] != "–"  # GFLOPs, and a PGD accuracy
+    recipe = yaml.safe_load((tmp_path / "runs" / "cifar10-trades_rrn-dsnet4-today-at-a1-seed0" / "recipe.yaml")
+                            .read_text())
+    assert recipe["model"]["kwargs"]["blocks"] == ["residual", "robust_residual", "ra_block", "dense"]
+    assert recipe["optim"]["grad_clip"] == 5.0 and recipe["objective"]["beta"] == 6.0

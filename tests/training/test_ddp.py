@@ -115,6 +115,24 @@ def test_torchrun_two_processes_match_one_process(data_300: Path, tmp_path: Path
         [".lock", ".dsnet-files.json", "config.yaml", "train.log", "metrics.jsonl", "last.pt", "selected.pt"])
 
 
+@pytest.mark.slow
+def test_a_model_whose_design_leaves_parameters_without_gradient_trains_under_ddp(data_300: Path,
+                                                                                tmp_path: Path) -> None:
+    """RobustResNet's first BN of a block without a projection shortcut feeds nothing (as in the reference, which
+    needs DDP's find_unused_parameters): the trainer finds such parameters on the meta device and tells DDP, where
+    otherwise the second step fails waiting for their gradients."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(
+        model={"name": "rrn_tiny"}, data={"val_size": 150, "crop": False, "flip": False},
+        train={"epochs": 1, "batch_size": 16, "max_steps_per_epoch": 3, "selection": "last", "device": "cpu",
+               "compile": False})))
+    done = _torchrun(["train", "--config", str(recipe), "--data-dir", str(data_300), "--out-dir", "rrn"], tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "2 parameters get no gradient by design (e.g. blocks.0.layer.1.bn1.weight)" in done.stderr
+    rows = [json.loads(line) for line in (tmp_path / "rrn" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["replica_divergence"] == 0.0
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

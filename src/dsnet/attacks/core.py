@@ -28,6 +28,9 @@ from dsnet.attacks.norms import LINF, Norm, get_norm
 __all__ = [
     "check_inputs",
     "eval_mode",
+    "batch_statistics_mode",
+    "attack_context",
+    "ATTACK_MODES",
     "no_gradient_sync",
     "frozen_parameters",
     "random_start",
@@ -75,6 +78,34 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for module, training in modes:
             module.training = training
+
+
+@contextmanager
+def batch_statistics_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Keeps `model` in train mode but freezes its BatchNorm running statistics: each forward normalises with the
+    batch's own statistics and updates nothing (the training attack of DM-Improves-AT and of the robust-residual-
+    network's advanced recipe, which switch `track_running_stats` off the same way). Restored afterwards."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    tracked = [m.track_running_stats for m in norms]
+    for module in norms:
+        module.track_running_stats = False
+    try:
+        yield model
+    finally:
+        for module, flag in zip(norms, tracked):
+            module.track_running_stats = flag
+
+
+ATTACK_MODES = ("eval", "batch")
+"""The mode a training attack runs the model in: "eval" (BatchNorm with its running statistics, as the TRADES, MART and
+DS-Net code attack) or "batch" (train mode with frozen running statistics, `batch_statistics_mode`)."""
+
+
+def attack_context(model: nn.Module, mode: str = "eval"):  # noqa: ANN201 - a context manager
+    """The context a training attack runs the model in: `eval_mode` or `batch_statistics_mode` (`ATTACK_MODES`)."""
+    if mode not in ATTACK_MODES:
+        raise ValueError(f"mode must be one of {', '.join(ATTACK_MODES)}, got {mode!r}")
+    return eval_mode(model) if mode == "eval" else batch_statistics_mode(model)
 
 
 def no_gradient_sync(model: nn.Module):  # noqa: ANN201 - a context manager
@@ -145,11 +176,13 @@ def gradient_ascent(
     start_std: float = 1e-3,
     noise_std: float = 0.0,
     generator: torch.Generator | None = None,
+    mode: str = "eval",
 ) -> torch.Tensor:
     """Maximises `loss_fn` over the ε-ball of `norm` with steps x <- Π(x + step(∇x) + ω·N(0, I)).
 
     Args:
-        model: maps (B, C, H, W) images in [0, 1] to logits; run in eval mode for the whole attack.
+        model: maps (B, C, H, W) images in [0, 1] to logits; run in eval mode for the whole attack (or, with
+            `mode="batch"`, in train mode with frozen BatchNorm statistics).
         x: clean images in [0, 1].
         loss_fn: per-example loss of (logits, x_adv) to maximise; it is summed, so one example's
             gradient never depends on the batch size.
@@ -163,6 +196,7 @@ def gradient_ascent(
             evaluation attacks use 0).
         generator: randomness for the start and the noise; a fixed-seed generator on `x.device` if None,
             so a call never touches the global RNG.
+        mode: "eval" or "batch" (`ATTACK_MODES`); training attacks only, evaluation always runs in eval mode.
 
     Returns:
         Detached adversarial images with ||x_adv - x|| <= eps in `norm` and values in [0, 1].
@@ -176,7 +210,7 @@ def gradient_ascent(
     x_adv = random_start(x, eps, start, generator, start_std, ball).detach()
     if steps == 0:
         return ball.project(x_adv, x, eps)
-    with eval_mode(model), no_gradient_sync(model), frozen_parameters(model), torch.enable_grad():
+    with attack_context(model, mode), no_gradient_sync(model), frozen_parameters(model), torch.enable_grad():
         for _ in range(steps):
             x_adv.requires_grad_(True)
             loss = loss_fn(model(x_adv), x_adv).sum()

@@ -123,14 +123,19 @@ class EvalConfig:
     """Everything that decides an evaluation, checked when built (see the module docstring)."""
 
     checkpoint: str | None = option(None, group=_MODEL)
-    """A checkpoint of `dsnet train`, or a tensors-only state dict (with --model or --model-factory)."""
+    """A checkpoint of `dsnet train`, a tensors-only state dict (with --model or --model-factory), or
+    robustbench:NAME, a RobustBench entry read from --model-dir (`dsnet models --robustbench`)."""
+    model_dir: str | None = option(None, metavar="DIR", group=_MODEL)
+    """RobustBench's model_dir, for --checkpoint robustbench:NAME: the file is DIR/<dataset>/<threat model>/NAME.pt
+    (default ./models, RobustBench's)."""
     model_name: str | None = option(None, flag="--model", metavar="NAME", group=_MODEL)
     """Our architecture of a bare state dict (`dsnet models` lists them)."""
     model_factory: str | None = option(None, metavar="FILE.py:FUNCTION", group=_MODEL)
     """Builds your own model (or package.module:FUNCTION); --checkpoint then holds its weights, and --dataset is
     required."""
     model_kwargs: Mapping[str, Any] | str | None = option(None, metavar="JSON", group=_MODEL)
-    """Keyword arguments of the factory, as a JSON object (a dict from Python)."""
+    """Keyword arguments of the factory, or of --model for a bare state dict, as a JSON object (a dict from
+    Python)."""
     normalize: tuple[Sequence[float], Sequence[float]] | None = option(
         None, nargs=2, parse=parse_channels, metavar=("MEAN", "STD"), group=_MODEL)
     """Normalise inputs for a model trained on normalised images, e.g. 0.4914,0.4822,0.4465 0.2471,0.2435,0.2616."""
@@ -312,8 +317,10 @@ def check_data_choice(dataset: str, split: str, suite: Suite) -> None:
 def default_out_dir(checkpoint: str | Path | None, preset: str, threat_model: str | Suite = "Linf",
                     model_name: str | None = None) -> Path:
     """`<checkpoint folder>/eval-<preset>` under L∞, `eval-<threat model>-<preset>` otherwise; for a model without
-    a checkpoint, the same name with the model's, in the working directory."""
+    a checkpoint or a RobustBench entry, the same name with the model's or the entry's, in the working directory."""
     name = get_suite(threat_model).out_dir_name(preset)
     if checkpoint is None:
         return Path(f"{name}-{model_name or 'model'}")
+    if str(checkpoint).startswith("robustbench:"):  # a RobustBench entry: its folder is RobustBench's cache, not ours
+        return Path(f"{name}-{str(checkpoint).rpartition('/')[2].removeprefix('robustbench:')}")
     return Path(checkpoint).parent / name

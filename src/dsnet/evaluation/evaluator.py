@@ -135,7 +135,7 @@ class Evaluation:
             c.checkpoint, model_name=c.model_name, dataset=c.dataset, trained_with=c.trained_with,
             device=self.ctx.device, model=self.user_model, model_factory=c.model_factory,
             model_kwargs=dict(c.model_kwargs) if isinstance(c.model_kwargs, Mapping) else c.model_kwargs,
-            normalize=self.plan.normalize, weights=c.weights)
+            normalize=self.plan.normalize, weights=c.weights, model_dir=c.model_dir)
         # The dataset is known now (given, or the checkpoint's): a wrong split or a dataset without corruptions is
         # named before an earlier evaluation in the folder is compared or any data is read.
         check_data_choice(self.loaded.dataset, c.split, self.plan.suite)

@@ -208,7 +208,8 @@ def _from_report(report: Mapping[str, Any] | None, path: object, given: dict[str
         "weights": source.get("weights_choice") if source.get("weights_choice") in ("ema", "raw") else None,
         "model_name": model.get("name") if kind == "state dict" else None,
         "model_factory": _recorded_factory(source) if kind == "factory" else None,
-        "model_kwargs": dict(source.get("kwargs") or {}) if kind == "factory" else None,
+        "model_kwargs": (dict(source.get("kwargs") or {}) if kind == "factory"
+                         else dict(model.get("kwargs") or {}) or None if kind == "state dict" else None),
     }
     resolved = dict(given)
     flags = {"dataset": "--dataset", "normalize": "--normalize", "weights": "--weights", "model_name": "--model",

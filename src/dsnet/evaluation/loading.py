@@ -12,11 +12,13 @@ Files are read with `torch.load(..., weights_only=True)`, as one of two kinds:
 - a checkpoint written by `dsnet train` (`last.pt`, `selected.pt`, `epoch-NNNN.pt`): the model is rebuilt
   from the `model_name`, `model_kwargs` and `num_classes` stored in it, and the dataset and training objective
   come from its resolved config;
-- a tensors-only state dict, bare or as `{"state_dict": ...}` (RobustBench's layout, our export): the
-  architecture comes from `model_name` (`--model NAME`) and the dataset from `dataset` (`--dataset`).
+- a tensors-only state dict, bare or in the dict a training script saved it in (`state_dict`, RobustBench's layout
+  and our export's; `model_state_dict`; `model`; `net`; with a weight average under `ema` and the like, which
+  `--weights` chooses as for our checkpoints: `dsnet.runtime.checkpoint.find_state_dict`): the architecture comes
+  from `model_name` (`--model NAME`) and the dataset from `dataset` (`--dataset`).
 
-A state dict saved through a wrapper (`module.` of DDP, `_orig_mod.` of `torch.compile`) loads as it is;
-missing or unexpected keys are one line that counts and names them. `normalize=(mean, std)` makes the model
+A state dict saved through a wrapper (`module.` of DDP, `_orig_mod.` of `torch.compile`, a script's `model.`) loads
+as it is; missing or unexpected keys are one line that counts and names them. `normalize=(mean, std)` makes the model
 normalise its [0, 1] input itself (for models trained on normalised images). The model comes back in fp32 and
 eval mode, with parameters that need no gradient (attacks differentiate the input only). Before any data is read
 it is probed with a batch of different images: its output must be one finite row of logits per image and per class
@@ -34,8 +36,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from dsnet.errors import CheckpointError, ConfigError, NonFiniteError, UnknownNameError
+from dsnet.errors import ConfigError, NonFiniteError, UnknownNameError
 from dsnet.evaluation.config import WEIGHT_CHOICES, check_normalization
+from dsnet.models.robustbench import ROBUSTBENCH_PREFIX
 from dsnet.runtime.hashing import model_code_sha256, state_dict_sha256
 
 __all__ = ["LoadedModel", "load_model_for_evaluation", "WEIGHT_CHOICES", "NormalizedInput", "probe_images",
@@ -183,16 +186,11 @@ def _ready(model: nn.Module, num_classes: int, dataset: str, device: torch.devic
     return model, responds
 
 
-def _is_state_dict(weights: Any) -> bool:
-    """A non-empty mapping of names to tensors (bare, or the value of a checkpoint's "state_dict")."""
-    return isinstance(weights, dict) and bool(weights) and all(isinstance(v, torch.Tensor) for v in weights.values())
-
-
 def _user_model(model: nn.Module, source: dict[str, Any], checkpoint: str | Path | None, dataset: str | None,
                 trained_with: str | None, device: torch.device | str,
-                normalize: tuple[Any, Any] | None) -> LoadedModel:
+                normalize: tuple[Any, Any] | None, weights_choice: str) -> LoadedModel:
     """A model that is not in our registry, with weights from `checkpoint` when given."""
-    from dsnet.runtime.checkpoint import check_finite_tensors, load_checkpoint, load_model_state
+    from dsnet.runtime.checkpoint import check_finite_tensors, find_state_dict, load_checkpoint, load_model_state
 
     if dataset is None:
         raise ConfigError("a model of your own needs the dataset to evaluate on: pass --dataset (cifar10, cifar100 "
@@ -200,12 +198,9 @@ def _user_model(model: nn.Module, source: dict[str, Any], checkpoint: str | Path
     name = type(model).__name__
     path = Path(checkpoint) if checkpoint is not None else None
     if path is not None:
-        state = load_checkpoint(path, map_location="cpu")
-        weights = state.get("state_dict", state.get("model", state))
-        if not _is_state_dict(weights):
-            raise CheckpointError(f"{path} holds no tensors-only state dict (bare, or as {{'state_dict': ...}})")
+        weights, where = find_state_dict(load_checkpoint(path, map_location="cpu"), weights_choice, path)
         load_model_state(model, weights, path=path, expected_name=name)
-        source = {**source, "checkpoint": str(path)}
+        source = {**source, "checkpoint": str(path), "weights": f"state dict ({where})"}
     else:
         built_by = source.get("factory") or source.get("class") or name
         check_finite_tensors(model.state_dict().items(), f"the model built by {built_by}",
@@ -221,6 +216,28 @@ def _user_model(model: nn.Module, source: dict[str, Any], checkpoint: str | Path
                        weights_sha256=weights_sha256,
                        source={**source, "normalize": _normalize_record(normalize)},
                        code=model_code_sha256(model, factory_file), responds_to_input=responds)
+
+
+def _checked_kwargs(model_name: str, model_kwargs: dict[str, Any] | str | None) -> dict[str, Any]:
+    """`--model-kwargs` of a registered model, parsed and checked against its constructor.
+
+    Raises:
+        ConfigError: unparsable JSON, or an argument the model does not take (with the valid ones).
+    """
+    from dsnet.evaluation.factory import parse_model_kwargs
+    from dsnet.models import check_model_arguments
+
+    kwargs = parse_model_kwargs(model_kwargs)
+    problems = check_model_arguments(model_name, kwargs)
+    if problems:
+        raise ConfigError(f"--model-kwargs for {model_name}: {'; '.join(problems)}")
+    return kwargs
+
+
+def _in_model_normalization(model: nn.Module) -> bool:
+    """Whether `model` normalises its input itself (non-persistent `mean`/`std` buffers of the field's families)."""
+    return isinstance(getattr(model, "mean", None), torch.Tensor) and isinstance(getattr(model, "std", None),
+                                                                                 torch.Tensor)
 
 
 def _normalize_record(normalize: tuple[Any, Any] | None) -> dict[str, list[float]] | None:
@@ -240,12 +257,15 @@ def load_model_for_evaluation(
     model_kwargs: dict[str, Any] | str | None = None,
     normalize: tuple[Any, Any] | None = None,
     weights: str = "auto",
+    model_dir: str | Path | None = None,
 ) -> LoadedModel:
     """Loads a training checkpoint or a tensors-only state dict into its architecture, or readies a user's model.
 
     Args:
-        checkpoint: a file written by `dsnet train`, or a tensors-only state dict (bare or {"state_dict": ...});
-            optional with `model` or `model_factory` (the weights they were built with are used then).
+        checkpoint: a file written by `dsnet train`, or a tensors-only state dict (bare or in a training script's
+            dict); or "robustbench:NAME" (or robustbench:DATASET/THREAT_MODEL/NAME), a RobustBench entry of
+            `dsnet.models.robustbench`, read from RobustBench's folder layout under `model_dir` and built as the
+            entry says; optional with `model` or `model_factory` (the weights they were built with are used then).
         model_name: the architecture; required for a bare state dict; for a training checkpoint, building
             another architecture than the stored one is allowed and fails with a message naming both.
         dataset: the dataset to evaluate on; default: the checkpoint's training dataset (required for a user's
@@ -254,10 +274,12 @@ def load_model_for_evaluation(
         device: where the model goes.
         model: an `nn.Module` of your own (from Python).
         model_factory: `FILE.py:FUNCTION` or `package.module:FUNCTION` that builds your model.
-        model_kwargs: the factory's keyword arguments (a dict or JSON text).
+        model_kwargs: the factory's keyword arguments, or those of `model_name` for a bare state dict (a dict or
+            JSON text).
         normalize: (mean, std) per channel, for a model that expects normalised inputs.
         weights: for a training checkpoint with a weight average (`train.ema_decay`): "auto" or "ema" evaluate the
             average, "raw" the trained weights themselves; "ema" on a checkpoint without one is an error.
+        model_dir: RobustBench's `model_dir` for a "robustbench:" checkpoint (default ./models, RobustBench's).
 
     Returns:
         The model in fp32 and eval mode, with its metadata.
@@ -269,27 +291,35 @@ def load_model_for_evaluation(
         UnknownNameError: an unknown model, dataset or objective name.
     """
     from dsnet.models import create_model
-    from dsnet.runtime.checkpoint import load_checkpoint, load_model_state
+    from dsnet.runtime.checkpoint import find_state_dict, load_checkpoint, load_model_state
 
+    if weights not in WEIGHT_CHOICES:
+        raise ConfigError(f"--weights must be one of {', '.join(WEIGHT_CHOICES)}, got {weights!r}")
     if sum(x is not None for x in (model, model_factory, model_name)) > 1:
         raise ConfigError("give one of a model, --model-factory and --model, not several")
     if model is not None:
         if not isinstance(model, nn.Module):
             raise ConfigError(f"model must be a torch.nn.Module, got a {type(model).__name__}")
         origin = {"kind": "module", "class": f"{type(model).__module__}.{type(model).__qualname__}"}
-        return _user_model(model, origin, checkpoint, dataset, trained_with, device, normalize)
+        return _user_model(model, origin, checkpoint, dataset, trained_with, device, normalize, weights)
     if model_factory is not None:
         from dsnet.evaluation.factory import load_factory
 
         built, factory = load_factory(model_factory, model_kwargs)
-        return _user_model(built, factory.record(), checkpoint, dataset, trained_with, device, normalize)
-    if model_kwargs:
-        raise ConfigError("--model-kwargs goes with --model-factory; for one of our models use the checkpoint")
+        return _user_model(built, factory.record(), checkpoint, dataset, trained_with, device, normalize, weights)
     if checkpoint is None:
         raise ConfigError("nothing to evaluate: pass --checkpoint (or --model-factory, or model= from Python)")
+    entry = None
+    if str(checkpoint).startswith(ROBUSTBENCH_PREFIX):
+        from dsnet.models.robustbench import resolve_checkpoint
+
+        entry, checkpoint = resolve_checkpoint(str(checkpoint), model_dir, dataset, model_name)
+        model_name, dataset = entry.model, entry.dataset
     path = Path(checkpoint)
     state = load_checkpoint(path, map_location="cpu")
     ours = isinstance(state.get("model"), dict) and "model_name" in state
+    if ours and model_kwargs:
+        raise ConfigError(f"{path} stores the arguments its model was built with; drop --model-kwargs")
     config: dict[str, Any] = dict(state.get("config") or {}) if ours else {}
     if ours:
         stored_name = str(state["model_name"])
@@ -307,8 +337,6 @@ def load_model_for_evaluation(
             )
         described = state
         average = state.get("ema")
-        if weights not in WEIGHT_CHOICES:
-            raise ConfigError(f"--weights must be one of {', '.join(WEIGHT_CHOICES)}, got {weights!r}")
         if weights == "ema" and not isinstance(average, dict):
             raise ConfigError(f"{path} holds no weight average (it was trained without train.ema_decay); pass "
                               "--weights raw or auto")
@@ -321,23 +349,21 @@ def load_model_for_evaluation(
                                                 if isinstance(average, dict) else "")
             weights, choice = state["model"], "raw"
     else:
-        weights_used, choice = "state dict", "auto"
-        weights = state.get("state_dict", state)
-        if not _is_state_dict(weights):
-            raise CheckpointError(
-                f"{path} holds neither a dsnet training checkpoint nor a tensors-only state dict; "
-                "pass a file written by `dsnet train` or `dsnet export`"
-            )
+        weights, where = find_state_dict(state, weights, path)
+        weights_used, choice = f"state dict ({where})", "auto"
         if model_name is None:
             raise ConfigError(f"{path} holds a bare state dict without its architecture; pass --model NAME "
                               "(`dsnet models` lists them) and --dataset")
         if dataset is None:
             raise ConfigError(f"{path} holds a bare state dict; pass --dataset (cifar10, cifar100 or svhn)")
-        name, kwargs, num_classes = model_name, {}, _dataset_classes(dataset)
+        name, kwargs, num_classes = model_name, _checked_kwargs(model_name, model_kwargs), _dataset_classes(dataset)
         described = weights
 
     trained_with, source = _trained_with(trained_with, config, path)
     model = create_model(name, num_classes=num_classes, **kwargs)
+    if normalize is not None and _in_model_normalization(model):
+        raise ConfigError(f"{name} normalises its input itself (mean {model.mean.flatten().tolist()}); drop "
+                          "--normalize, which would normalise twice")
     load_model_state(model, described, path=path, expected_name=name)
     model, responds = _ready(model, num_classes, dataset, device, normalize)
     return LoadedModel(
@@ -353,7 +379,8 @@ def load_model_for_evaluation(
         epoch=int(state["epoch"]) if ours and isinstance(state.get("epoch"), int) else None,
         config=config,
         source={"kind": "dsnet checkpoint" if ours else "state dict", "checkpoint": str(path),
-                "weights": weights_used, "weights_choice": choice, "normalize": _normalize_record(normalize)},
+                "weights": weights_used, "weights_choice": choice, "normalize": _normalize_record(normalize),
+                **({"robustbench": {"entry": entry.key, "claim": entry.claim}} if entry is not None else {})},
         code=model_code_sha256(model),
         responds_to_input=responds,
     )

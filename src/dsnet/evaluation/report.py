@@ -303,6 +303,7 @@ class EvalReport:
                               + [f"{100 * self.worst_case_accuracy:.2f}"]) + " |",
             "",
             "Accuracy in % on the same n points; worst case = points robust to every attack run.",
+            *_claim_lines((model.get("source") or {}).get("robustbench")),
             "",
             "## Attacks",
             "",
@@ -385,6 +386,17 @@ def _settings_text(config: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def _claim_lines(robustbench: dict[str, Any] | None) -> list[str]:
+    """What RobustBench lists for the entry the model was loaded as, beside our numbers (which are on n points)."""
+    if not robustbench:
+        return []
+    claim = robustbench.get("claim") or {}
+    metric = "AutoAttack" if claim.get("metric") == "AutoAttack" else "corruptions"
+    eps = f" at ε = {claim['eps']}" if claim.get("eps") else ""
+    return ["", f"RobustBench lists {robustbench.get('entry')} at {claim.get('clean')} % clean and "
+                f"{claim.get('robust')} % {metric}{eps} on its own test points."]
+
+
 def _source_text(source: dict[str, Any]) -> str:
     if not source:
         return "-"
@@ -399,4 +411,6 @@ def _source_text(source: dict[str, Any]) -> str:
         parts.append(f"file sha256 {str(source['file_sha256'])[:16]}…")
     if source.get("normalize"):
         parts.append(f"inputs normalised with mean {source['normalize']['mean']} std {source['normalize']['std']}")
+    if source.get("robustbench"):
+        parts.append(f"RobustBench entry {source['robustbench']['entry']}")
     return ", ".join(parts)

@@ -19,7 +19,7 @@ from typing import Any
 
 from dsnet.errors import DsnetError
 from dsnet.experiments.cell_eval import read_cell_report
-from dsnet.experiments.grids import GRIDS, METRIC_LABELS, METRICS, STYLES, Cell, count_params
+from dsnet.experiments.grids import GRIDS, METRIC_LABELS, METRICS, STYLES, Cell, count_gflops, count_params
 from dsnet.experiments.layout import (
     RECIPE_FILE,
     REPORT_NAME,
@@ -105,6 +105,7 @@ class RowSummary:
     values: dict[str, list[float]]
     params: int | None = None
     extra: dict[str, float] = field(default_factory=dict)
+    gflops: float | None = None
     ddof: int = 0
 
     def stat(self, metric: str) -> tuple[float, float, int]:
@@ -152,18 +153,20 @@ def collect(cells: Sequence[Cell], out_dir: str | Path, exclude: Collection[str]
     return records
 
 
-def _params_of(cell: Cell, out_dir: Path) -> int | None:
+def _profile_of(cell: Cell, out_dir: Path, flops: bool) -> tuple[int | None, float | None]:
+    """(parameters, GFLOPs or None) of the model the cell trained (its stored recipe, else the grid's)."""
     recipe_file = cell_dir(out_dir, cell) / RECIPE_FILE
     model = cell.recipe["model"]
     if recipe_file.is_file():
         import yaml
 
         model = (yaml.safe_load(recipe_file.read_text()) or {}).get("model", model)
+    kwargs = dict(model.get("kwargs") or {})
     try:
-        return count_params(model["name"], dict(model.get("kwargs") or {}))
+        return count_params(model["name"], kwargs), count_gflops(model["name"], kwargs) if flops else None
     except Exception as error:  # a count is a courtesy; never fail a table over it
         logger.debug("no parameter count for %s: %s", cell.run_id, error)
-        return None
+        return None, None
 
 
 def summarise(records: Sequence[RunRecord], cells: Sequence[Cell], out_dir: str | Path,
@@ -174,8 +177,10 @@ def summarise(records: Sequence[RunRecord], cells: Sequence[Cell], out_dir: str 
     for cell in cells:  # grid order, so rows appear as in the paper even before every cell finished
         key = (cell.dataset, cell.style, cell.variant.name)
         if key not in rows:
+            spec = GRIDS.get(cell.grid) if cell.grid in GRIDS else None
+            params, gflops = _profile_of(cell, out_dir, flops=bool(spec and spec.flops))
             rows[key] = RowSummary(cell.dataset, cell.style, cell.variant.name, cell.variant.display,
-                                   cell.variant.panel, [], {}, _params_of(cell, out_dir), ddof=ddof)
+                                   cell.variant.panel, [], {}, params, ddof=ddof, gflops=gflops)
     for record in records:
         cell = record.cell
         row = rows[(cell.dataset, cell.style, cell.variant.name)]
@@ -273,7 +278,9 @@ def _render_section(grid: str, panel: str, dataset: str, style: str, rows: Seque
         heading += f" (panel {panel})"
     metrics = _metrics_for(rows, {"rows": [p for k, p in paper_rows.items() if k[:2] == (dataset, style)]})
     with_paper_params = any((paper_rows.get((r.dataset, r.style, r.variant)) or {}).get("params_m") for r in rows)
-    header = ["Model", "Seeds", "Params (M)"] + (["Paper params (M)"] if with_paper_params else [])
+    with_flops = any(r.gflops is not None for r in rows)
+    header = ["Model", "Seeds", "Params (M)"] + (["Paper params (M)"] if with_paper_params else []) + (
+        ["GFLOPs"] if with_flops else [])
     for metric in metrics:
         header += [_METRIC_HEADERS.get(metric, METRIC_LABELS.get(metric, metric)), "Paper", "Δ"]
     out = [heading, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -282,6 +289,8 @@ def _render_section(grid: str, panel: str, dataset: str, style: str, rows: Seque
         cells = [row.label, str(len(row.seeds)), _num(row.params / 1e6 if row.params else None, 3)]
         if with_paper_params:
             cells.append(_num(prow.get("params_m") if prow else None))
+        if with_flops:
+            cells.append(_num(row.gflops))
         for metric in metrics:
             mean, std, n = row.stat(metric)
             p_mean, p_std = _paper_value(prow, metric)
@@ -291,7 +300,7 @@ def _render_section(grid: str, panel: str, dataset: str, style: str, rows: Seque
         out.append("| " + " | ".join(cells) + " |")
     improvement = paper.get("improvement_percent", {}).get(f"{dataset}/{style}")
     if grid in ("table2", "table3", "trades") and any(r.variant.startswith("dsnet") for r in rows):
-        cells = ["Improv. (%)", "", ""] + ([""] if with_paper_params else [])
+        cells = ["Improv. (%)", "", ""] + ([""] if with_paper_params else []) + ([""] if with_flops else [])
         for metric in metrics:
             ours = _improvement(rows, metric)
             theirs = (improvement or {}).get(metric)

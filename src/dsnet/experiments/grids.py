@@ -63,6 +63,7 @@ __all__ = [
     "default_configs_dir",
     "scaled_model_kwargs",
     "count_params",
+    "count_gflops",
     "with_scale",
 ]
 
@@ -161,6 +162,7 @@ class GridSpec:
         attacks: attack names each style needs (natural accuracy is always measured); "*" means every attack
             of the scale.
         default_seeds: seeds when none are given.
+        flops: whether its tables show each model's GFLOPs beside its parameters (the architecture comparison).
     """
 
     name: str
@@ -168,6 +170,7 @@ class GridSpec:
     entries: tuple[Entry, ...]
     attacks: dict[str, tuple[str, ...]]
     default_seeds: tuple[int, ...] = (0, 1, 2)
+    flops: bool = False
 
 
 def _variant(row: str | dict[str, Any]) -> Variant:
@@ -186,7 +189,7 @@ for _name, _grid in _data()["grids"].items():
         tuple(Entry(entry["dataset"], tuple(entry["styles"]), tuple(_variant(row) for row in entry["rows"]))
               for entry in _grid["entries"]),
         {style: tuple(names) for style, names in _grid["attacks"].items()},
-        tuple(_grid.get("seeds", (0, 1, 2)))))
+        tuple(_grid.get("seeds", (0, 1, 2))), bool(_grid.get("flops", False))))
 
 # ---------------------------------------------------------------------------------------------------- scale
 
@@ -368,24 +371,32 @@ def _plain_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=256)
-def _count_params_cached(model: str, frozen_kwargs: str) -> int:
+def _profile_cached(model: str, frozen_kwargs: str, what: str) -> float:
     import json
 
     import torch
 
     from dsnet.models import create_model
-    from dsnet.models.profile import count_parameters
+    from dsnet.models.profile import count_flops, count_parameters
 
     kwargs = json.loads(frozen_kwargs)
     with torch.device("meta"):
-        return count_parameters(create_model(model, **kwargs))[0]
+        built = create_model(model, **kwargs)
+        return count_parameters(built)[0] if what == "params" else count_flops(built) / 1e9
 
 
 def count_params(model: str, kwargs: dict[str, Any]) -> int:
     """Parameters as the paper counts them (tied copies included, attention excluded), built on the meta device."""
     import json
 
-    return _count_params_cached(model, json.dumps(kwargs, sort_keys=True))
+    return int(_profile_cached(model, json.dumps(kwargs, sort_keys=True), "params"))
+
+
+def count_gflops(model: str, kwargs: dict[str, Any]) -> float:
+    """Forward GFLOPs for one 32x32 image (a multiply-add is 2), counted on the meta device."""
+    import json
+
+    return _profile_cached(model, json.dumps(kwargs, sort_keys=True), "gflops")
 
 
 # ----------------------------------------------------------------------------------------------------- grid

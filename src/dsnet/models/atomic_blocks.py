@@ -10,6 +10,12 @@ count: `BLOCKS.get("residual")(channels)`. A user block only needs that signatur
     class MyBlock(nn.Module):
         def __init__(self, channels: int) -> None: ...
 
+Besides the paper's five blocks, the blocks of today's robust architectures are registered by their families'
+files: `robust_residual` (RobustResNet's, `robust_resnet.py`), `dm_preact` (DeepMind's pre-activation SiLU block,
+`dm_wide_resnet.py`) and `ra_block` (the robust-principles block, `ra_wide_resnet.py`). Each is the published
+block at C → C and stride 1 with a BN on its output (`OutputNormalized`), as the authors made the residual block
+atomic: BN(F(x) + x).
+
 The definitions follow the authors' code (Du et al., ICML 2021, github.com/d12306/dsnet; see
 `shared/reference/dsnet_reference.md` §2-3): pre-activation conv units with conv biases, and a BN on the
 output of every block. Two deliberate changes of computation, neither of which changes a number: Ada-RK computes
@@ -48,6 +54,7 @@ __all__ = [
     "DenseBlock",
     "AdaRKBlock",
     "ReductionBlock",
+    "OutputNormalized",
 ]
 
 BLOCKS: Registry[Callable[[int], nn.Module]] = Registry(
@@ -259,3 +266,21 @@ class ReductionBlock(nn.Module):
                 self.bn1(x)  # the authors apply BN1 once per path: a second statistics update on the same x
         branch = self.conv2(F.relu(self.bn2(self.conv1(pre))))
         return self.bn_out(branch + self.shortcut(pre))
+
+
+class OutputNormalized(nn.Module):
+    """y = BN(block(x)): a published C → C block made atomic the way the authors made the residual block.
+
+    Args:
+        block: the block, mapping (B, C, H, W) to (B, C, H, W).
+        channels: C.
+        momentum: the output BN's momentum (the block's own, for blocks trained with another than PyTorch's 0.1).
+    """
+
+    def __init__(self, block: nn.Module, channels: int, momentum: float = 0.1) -> None:
+        super().__init__()
+        self.block = block
+        self.bn_out = nn.BatchNorm2d(channels, momentum=momentum)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn_out(self.block(x))

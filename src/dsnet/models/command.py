@@ -1,4 +1,5 @@
-"""`dsnet models`: the registered models with their parameter and FLOP counts."""
+"""`dsnet models`: the registered models with their parameter and FLOP counts; `--robustbench`: the RobustBench
+entries dsnet builds, with our model and the numbers RobustBench lists."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ from dsnet.errors import DsnetError
 __all__ = ["add_arguments", "run"]
 
 
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("pattern", nargs="?", default=None, help="shell-style filter, e.g. 'dsnet*'")
     parser.add_argument("--num-classes", type=int, default=10, help="classifier size used for the counts")
     parser.add_argument("--no-flops", action="store_true", help="skip the FLOP count")
     parser.add_argument("--tiny", action="store_true", help="also list the tiny test variants")
+    parser.add_argument("--robustbench", action="store_true",
+                        help="list the RobustBench CIFAR entries dsnet builds (evaluate one with --checkpoint "
+                             "robustbench:NAME --model-dir DIR)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -22,6 +25,11 @@ def run(args: argparse.Namespace) -> int:
     from dsnet.models import list_models, model_info
     from dsnet.models.profile import profile_model
 
+    if args.robustbench:
+        from dsnet.models.robustbench import robustbench_table
+
+        print(robustbench_table(markdown=False))
+        return 0
     names = list_models(args.pattern, include_tiny=args.tiny)
     if not names:
         raise DsnetError(f"no model matches {args.pattern!r}; run `dsnet models` for the list")

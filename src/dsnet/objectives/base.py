@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dsnet.attacks.core import LossFn, eval_mode, gradient_ascent
+from dsnet.attacks.core import ATTACK_MODES, LossFn, attack_context, gradient_ascent
 from dsnet.registry import Registry
 from dsnet.validate import Problems, Settings, build_settings
 
@@ -49,6 +49,7 @@ __all__ = [
     "build_objective",
     "ce_attack_loss",
     "kl_attack_loss",
+    "check_label_smoothing",
     "outer_forwards",
     "OUTER_ORDERS",
     "STARTS",
@@ -177,6 +178,9 @@ class PGDObjective(Objective):
             reference); 0 (the default) switches AWP off and leaves training exactly as without it.
         awp_warmup: epochs trained without AWP before it starts (the reference AT script: 0; its TRADES script,
             whose `epoch >= 10` counts from 1: 9).
+        attack_mode: the mode the attack runs the model in: "eval" (BatchNorm with its running statistics: the
+            DS-Net, TRADES and MART code) or "batch" (train mode with frozen running statistics: DM-Improves-AT, whose
+            recipe trained today's leading CIFAR models, and the robust-residual-network's advanced recipe).
     """
 
     eps: float = PAPER_EPS
@@ -188,6 +192,7 @@ class PGDObjective(Objective):
     norm: str = "Linf"
     awp_gamma: float = 0.0
     awp_warmup: int = 0
+    attack_mode: str = "eval"
 
     norms: ClassVar[tuple[str, ...]] = ("Linf", "L2")
     """The norms the objective can train in."""
@@ -209,6 +214,7 @@ class PGDObjective(Objective):
         problems.choice("norm", self.norm, self.norms)
         problems.number("awp_gamma", self.awp_gamma)
         problems.integer("awp_warmup", self.awp_warmup, minimum=0)
+        problems.choice("attack_mode", self.attack_mode, ATTACK_MODES)
         if not self.supports_awp and isinstance(self.awp_gamma, (int, float)) and self.awp_gamma > 0:
             problems.add(f"awp_gamma: {self.name} runs its own training step and has no AWP; use at, trades or "
                             "mart with AWP")
@@ -217,7 +223,7 @@ class PGDObjective(Objective):
         return gradient_ascent(
             model, x, loss_fn, eps=self.eps, step_size=self.step_size, steps=self.steps, norm=self.norm,
             start=self.start,  # type: ignore[arg-type]
-            start_std=self.start_std, noise_std=self.noise_std, generator=generator,
+            start_std=self.start_std, noise_std=self.noise_std, generator=generator, mode=self.attack_mode,
         )
 
     def attack_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> LossFn:
@@ -275,6 +281,12 @@ class CleanAndAdversarialObjective(PGDObjective):
         return ObjectiveOutput(loss, logits_adv, y, parts)
 
 
+def check_label_smoothing(problems: Problems, value: object) -> None:
+    """label_smoothing is a number in [0, 1)."""
+    if problems.number("label_smoothing", value):
+        problems.require(0 <= value < 1, f"label_smoothing must be in [0, 1), got {value}")  # type: ignore[operator]
+
+
 def ce_attack_loss(y: torch.Tensor) -> LossFn:
     """Per-example cross-entropy against `y`, the attack loss of PGD-AT, MART and Fast-AT."""
 
@@ -284,13 +296,14 @@ def ce_attack_loss(y: torch.Tensor) -> LossFn:
     return loss_fn
 
 
-def kl_attack_loss(model: nn.Module, x: torch.Tensor) -> LossFn:
-    """Per-example KL(p(x) ‖ p(x')), the TRADES attack loss, with p(x) from an eval-mode, no-grad forward.
+def kl_attack_loss(model: nn.Module, x: torch.Tensor, mode: str = "eval") -> LossFn:
+    """Per-example KL(p(x) ‖ p(x')), the TRADES attack loss, with p(x) from a no-grad forward in the attack's mode
+    (`mode`: "eval", or "batch" statistics with the running ones frozen, as `gradient_ascent` runs the attack).
 
-    The reference recomputes p(x) at every step; in eval mode it is the same tensor each time, so it is
+    The reference recomputes p(x) at every step; in either mode it is the same tensor each time, so it is
     computed once here.
     """
-    with eval_mode(model), torch.no_grad():
+    with attack_context(model, mode), torch.no_grad():
         p_nat = F.softmax(model(x), dim=1)
 
     def loss_fn(logits: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:

@@ -48,8 +48,9 @@ class FastAT(Objective):
     Attributes:
         eps: L-inf radius in pixel units.
         step_size: α; None means 1.25·eps (for larger ε a smaller α avoids collapse).
-        attack_mode: "eval" (our convention: BN running statistics frozen during generation) or "train"
-            (Wong et al.: the FGSM forward uses batch statistics and updates the running statistics).
+        attack_mode: "eval" (our convention: BN running statistics frozen during generation), "train" (Wong et al.:
+            the FGSM forward uses batch statistics and updates the running statistics) or "batch" (batch statistics,
+            running ones frozen, as the other objectives' `attack_mode="batch"`).
     """
 
     name: ClassVar[str] = "fast_at"
@@ -62,7 +63,7 @@ class FastAT(Objective):
         problems.number("eps", self.eps)
         if self.step_size is not None:
             problems.number("step_size", self.step_size)
-        problems.choice("attack_mode", self.attack_mode, ("eval", "train"))
+        problems.choice("attack_mode", self.attack_mode, ("eval", "train", "batch"))
 
     def _resolve(self) -> None:
         if self.step_size is None:
@@ -74,7 +75,7 @@ class FastAT(Objective):
         attacked = _KeepTrainMode(model) if self.attack_mode == "train" else model
         x_adv = sign_gradient_ascent(
             attacked, x, ce_attack_loss(y), eps=self.eps, step_size=self.step_size,  # type: ignore[arg-type]
-            steps=1, start="uniform", generator=generator,
+            steps=1, start="uniform", generator=generator, mode="batch" if self.attack_mode == "batch" else "eval",
         )
         logits = model(x_adv)
         return ObjectiveOutput(F.cross_entropy(logits, y), logits, y, {})

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dsnet.attacks.core import LossFn, eval_mode, frozen_parameters, no_gradient_sync, project, random_start
+from dsnet.attacks.core import LossFn, attack_context, frozen_parameters, no_gradient_sync, project, random_start
 from dsnet.errors import ConfigError
 from dsnet.objectives.base import (
     OUTER_ORDERS,
@@ -70,6 +70,7 @@ def early_stopped_pgd(
     start_std: float = 1e-3,
     noise_std: float = 0.0,
     generator: torch.Generator,
+    mode: str = "eval",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Friendly-AT's PGD-K-τ: each example stops once it has been misclassified more than τ times.
 
@@ -93,6 +94,7 @@ def early_stopped_pgd(
         start_std: standard deviation of a "normal" start.
         noise_std: ω, Gaussian noise added after each step.
         generator: source of randomness on `x.device`.
+        mode: "eval" or "batch" (`dsnet.attacks.core.ATTACK_MODES`).
 
     Returns:
         Detached adversarial images (B, C, H, W) in the ε-ball and [0, 1], and the number of steps each
@@ -103,7 +105,7 @@ def early_stopped_pgd(
     budget = torch.full(y.shape, tau, dtype=torch.long, device=x.device)
     active = torch.ones(y.shape, dtype=torch.bool, device=x.device)
     steps_taken = torch.zeros(y.shape, dtype=torch.long, device=x.device)
-    with eval_mode(model), no_gradient_sync(model), frozen_parameters(model), torch.enable_grad():
+    with attack_context(model, mode), no_gradient_sync(model), frozen_parameters(model), torch.enable_grad():
         for _ in range(steps):
             x_adv.requires_grad_(True)
             logits = model(x_adv)
@@ -197,11 +199,12 @@ class FAT(PGDObjective):
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epoch: float, generator: torch.Generator
     ) -> ObjectiveOutput:
         tau = self.tau_for(epoch)
-        loss_fn = kl_attack_loss(model, x) if self.base == "trades" else ce_attack_loss(y)
+        loss_fn = kl_attack_loss(model, x, self.attack_mode) if self.base == "trades" else ce_attack_loss(y)
         x_adv, steps_taken = early_stopped_pgd(
             model, x, y, loss_fn, eps=self.eps, step_size=self.step_size, steps=self.steps, tau=tau,
             start=self.start,  # type: ignore[arg-type]
             start_std=self.start_std, noise_std=self.noise_std, generator=generator,  # type: ignore[arg-type]
+            mode=self.attack_mode,
         )
         metrics = {"tau": torch.tensor(float(tau), device=x.device), "fat_steps": steps_taken.float().mean()}
         if self.base == "at":

@@ -29,6 +29,10 @@ __all__ = [
     "save_checkpoint",
     "strip_wrapper_prefixes",
     "WRAPPER_PREFIXES",
+    "STATE_DICT_KEYS",
+    "AVERAGE_STATE_DICT_KEYS",
+    "is_state_dict",
+    "find_state_dict",
     "remove_temp_files",
     "load_tensors_file",
     "load_checkpoint",
@@ -165,22 +169,107 @@ def _describe(state: dict[str, Any], path: Path) -> str:
     return f"{name}" + (f" ({extra})" if extra else "")
 
 
-WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-"""Key prefixes that wrappers add: DistributedDataParallel / DataParallel (`module.`) and `torch.compile`
-(`_orig_mod.`)."""
+WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")
+"""Key prefixes that wrappers add: DistributedDataParallel / DataParallel (`module.`), `torch.compile`
+(`_orig_mod.`), and a training script's own wrapper around the network (`model.`, which RobustBench's loader strips
+too)."""
+
+STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net")
+"""Where training scripts keep the weights in a checkpoint dict: `state_dict` (RobustBench, most repositories),
+`model_state_dict` (the robust-residual-network code and many others), `model`, `net`."""
+
+AVERAGE_STATE_DICT_KEYS = ("ema", "model_ema", "ema_state_dict", "state_dict_ema")
+"""Where they keep a weight average (EMA) beside the trained weights."""
 
 
-def strip_wrapper_prefixes(weights: dict[str, Any]) -> dict[str, Any]:
+def is_state_dict(weights: Any) -> bool:
+    """A non-empty mapping of names to tensors."""
+    return isinstance(weights, dict) and bool(weights) and all(isinstance(v, torch.Tensor) for v in weights.values())
+
+
+def find_state_dict(state: Any, weights: str = "auto", path: str | Path = "checkpoint") -> tuple[dict[str, Any], str]:
+    """The tensors-only state dict in a checkpoint of any common layout, and where in the file it was.
+
+    A bare state dict is itself; otherwise the trained weights are under one of `STATE_DICT_KEYS` and a weight
+    average under one of `AVERAGE_STATE_DICT_KEYS` (either may be wrapped once more, as `{"ema": {"state_dict":
+    ...}}`). As for dsnet's own checkpoints, `weights` "auto" takes the average where there is one, "ema" requires
+    it, and "raw" takes the trained weights.
+
+    Returns:
+        (state dict, where): where is "the file itself" or the key, e.g. "'model_state_dict'".
+
+    Raises:
+        CheckpointError: no state dict where one is looked for, or none of the kind `weights` asks for.
+    """
+    if is_state_dict(state):
+        if weights == "ema":
+            raise CheckpointError(f"{path} holds one bare state dict and no weight average; pass --weights raw or auto")
+        return state, "the file itself"
+
+    def under(keys: tuple[str, ...]) -> tuple[dict[str, Any], str] | None:
+        for key in keys:
+            value = state.get(key) if isinstance(state, dict) else None
+            if is_state_dict(value):
+                return value, repr(key)
+            if isinstance(value, dict):
+                for inner in STATE_DICT_KEYS:
+                    if is_state_dict(value.get(inner)):
+                        return value[inner], f"{key!r} → {inner!r}"
+        return None
+
+    raw, average = under(STATE_DICT_KEYS), under(AVERAGE_STATE_DICT_KEYS)
+    found = raw if weights == "raw" else (average if weights == "ema" else (average or raw))
+    if found is None:
+        keys = ", ".join(repr(k) for k in state) if isinstance(state, dict) else f"a {type(state).__name__}"
+        wanted = (f"weight average (under {', '.join(AVERAGE_STATE_DICT_KEYS)})" if weights == "ema" else
+                  f"tensors-only state dict (bare, or under {', '.join(STATE_DICT_KEYS)})")
+        raise CheckpointError(f"{path} holds no {wanted}; it holds {keys[:200]}; pass a file with the weights")
+    return found
+
+
+def strip_wrapper_prefixes(weights: dict[str, Any], expected: Any = None) -> dict[str, Any]:
     """`weights` without the `WRAPPER_PREFIXES` that every key carries (in any order and number: a compiled DDP
-    model saves `module._orig_mod.stem.weight`)."""
+    model saves `module._orig_mod.stem.weight`).
+
+    Args:
+        weights: the state dict as saved.
+        expected: the keys of the model it goes into; a prefix that these keys carry too is part of the model's
+            own names and is kept.
+    """
+    own = list(expected or [])
     stripped = True
     while stripped and weights:
         stripped = False
         for prefix in WRAPPER_PREFIXES:
-            if all(key.startswith(prefix) for key in weights):
+            if all(key.startswith(prefix) for key in weights) and not (own and all(k.startswith(prefix) for k in own)):
                 weights = {key[len(prefix):]: value for key, value in weights.items()}
                 stripped = True
     return weights
+
+
+INPUT_STATISTICS_NAMES = {"mean": "mean", "std": "std", "mu": "mean", "sigma": "std"}
+"""State-dict names under which other code saves in-model input normalisation (RobustBench's WRN-A4 keeps
+persistent `mu` and `sigma`), and the non-persistent buffer of ours that holds the same constants."""
+
+
+def _drop_input_statistics(model: nn.Module, weights: dict[str, Any], path: Path) -> dict[str, Any]:
+    """`weights` without saved input-normalisation constants that equal the model's own (non-persistent) ones.
+
+    Raises:
+        CheckpointError: the saved constants differ from the model's: the weights were trained on other inputs.
+    """
+    ours = model.state_dict()
+    buffers = dict(model.named_buffers())
+    kept = dict(weights)
+    for key, name in INPUT_STATISTICS_NAMES.items():
+        if key in weights and key not in ours and isinstance(buffers.get(name), torch.Tensor):
+            saved, own = weights[key].detach().float().cpu().flatten(), buffers[name].detach().float().cpu().flatten()
+            if saved.shape != own.shape or not torch.allclose(saved, own, rtol=0, atol=1e-6):
+                raise CheckpointError(f"{path} normalises its input with {key} = {saved.tolist()}, but the model "
+                                      f"normalises with {name} = {own.tolist()}; build the model with the statistics "
+                                      "it was trained with (its `normalize` argument)")
+            del kept[key]
+    return kept
 
 
 def check_finite_tensors(tensors: Any, where: str, fix: str) -> None:
@@ -206,7 +295,9 @@ def load_model_state(model: nn.Module, state: dict[str, Any], *, path: str | Pat
                      expected_name: str | None = None) -> None:
     """Loads a model's weights from a checkpoint dict (ours) or a bare state dict, strictly.
 
-    Keys saved through a wrapper (`module.` of DDP, `_orig_mod.` of `torch.compile`) are accepted.
+    Keys saved through a wrapper (`module.` of DDP, `_orig_mod.` of `torch.compile`, a script's `model.`) are
+    accepted, and so are saved input-normalisation constants that equal the model's own (`mu`/`sigma` of
+    RobustBench's WRN-A4).
 
     Raises:
         CheckpointError: the weights belong to another architecture or width; the message names both.
@@ -216,8 +307,8 @@ def load_model_state(model: nn.Module, state: dict[str, Any], *, path: str | Pat
     weights = state.get("model", state)
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise CheckpointError(f"{path} holds no model weights (expected a tensors-only state dict)")
-    weights = strip_wrapper_prefixes(weights)
     ours = model.state_dict()
+    weights = _drop_input_statistics(model, strip_wrapper_prefixes(weights, ours), path)
     theirs_name = _describe(state, path) if "model" in state else "a bare state dict"
     ours_name = expected_name or type(model).__name__
     missing = [k for k in ours if k not in weights]

@@ -26,7 +26,8 @@ SAVED_NOW = "{key}: saved {old!r}, now {new!r}"
 
 def differences(old: Any, new: Any, prefix: str = "", ignore: Iterable[str] = (), template: str = ARROW,
                 nested: bool = True) -> list[str]:
-    """Every leaf where two nested settings differ, as "dotted.key: old -> new", in sorted key order.
+    """Every leaf where two nested settings differ, as "dotted.key: old -> new", in sorted key order, except that a
+    section's `name` comes first (another objective or schedule explains the differences of its parameters).
 
     Args:
         old: what a folder was made with (dicts nest; anything else is compared as a value).
@@ -43,7 +44,7 @@ def differences(old: Any, new: Any, prefix: str = "", ignore: Iterable[str] = ()
         if path in skip:
             return
         if isinstance(a, dict) and isinstance(b, dict) and (nested or not path):
-            for key in sorted(set(a) | set(b), key=str):
+            for key in sorted(set(a) | set(b), key=lambda k: (str(k) != "name", str(k))):
                 walk(a.get(key), b.get(key), f"{path}.{key}" if path else str(key))
         elif plain(a) != plain(b):
             out.append(template.format(key=path or "(value)", old=a, new=b))

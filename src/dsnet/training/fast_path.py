@@ -174,9 +174,10 @@ class ModelHandles:
 
 
 def wrap_for_training(model: nn.Module, compile_setting: bool | str, device: torch.device,
-                      distributed: bool) -> ModelHandles:
+                      distributed: bool, find_unused_parameters: bool = False) -> ModelHandles:
     """The handles of `model`: its blocks compiled in place when `compile_setting` resolves to on (with an eager
-    fallback), and DDP around them under a process group."""
+    fallback), and DDP around them under a process group (told when some parameters get no gradient,
+    `dsnet.models.parameters.parameters_without_gradient`)."""
     fast: nn.Module = model
     if resolve_compile(compile_setting, device):
         try:
@@ -189,5 +190,6 @@ def wrap_for_training(model: nn.Module, compile_setting: bool | str, device: tor
     if distributed:
         from torch.nn.parallel import DistributedDataParallel
 
-        train = DistributedDataParallel(fast, device_ids=[device.index] if device.type == "cuda" else None)
+        train = DistributedDataParallel(fast, device_ids=[device.index] if device.type == "cuda" else None,
+                                        find_unused_parameters=find_unused_parameters)
     return ModelHandles(model, fast, train)

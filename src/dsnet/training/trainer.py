@@ -33,6 +33,7 @@ from dsnet.data import DATASETS, DeviceLoader, to_float
 from dsnet.data.extra import open_extra_images
 from dsnet.errors import CheckpointError, ConfigError, TrainingDivergedError
 from dsnet.models import create_model, split_parameters
+from dsnet.models.parameters import parameters_without_gradient
 from dsnet.runtime.checkpoint import save_checkpoint
 from dsnet.runtime.distributed import (
     all_reduce_sum,
@@ -52,6 +53,7 @@ from dsnet.training.collapse_guard import CollapseGuard
 from dsnet.training.ema import WeightAverage
 from dsnet.training.fast_path import ModelHandles, resolve_channels_last, wrap_for_training
 from dsnet.training.metrics import MetricsWriter, RunLogHandler, format_epoch_line
+from dsnet.training.optimizer import apply_schedule, batchnorm_momentum, build_sgd
 from dsnet.training.validation import build_training_data, evaluate_robustness
 from dsnet.training.progress import TrainingProgress
 
@@ -97,9 +99,10 @@ def training_step(
     precision: Precision,
     epoch: float,
     generator: torch.Generator,
+    grad_clip: float | None = None,
 ) -> Any:
-    """One optimisation step: the objective's loss (attack included) under autocast, backward, every optimiser,
-    then the objective's `after_step` (AWP restores the weights it perturbed).
+    """One optimisation step: the objective's loss (attack included) under autocast, backward, gradient clipping
+    when asked, every optimiser, then the objective's `after_step` (AWP restores the weights it perturbed).
 
     The trainer's inner loop and `benchmarks/throughput.py` both call this, so the benchmark times the real step.
 
@@ -112,6 +115,8 @@ def training_step(
         precision: the autocast setting.
         epoch: 1-based fractional epoch passed to the objective.
         generator: randomness of the attack.
+        grad_clip: clip the global L2 norm of the model's gradients to this value (None: off), on unscaled
+            gradients under fp16.
 
     Returns:
         The objective's `ObjectiveOutput`.
@@ -121,6 +126,10 @@ def training_step(
     for optimizer in optimizers:
         optimizer.zero_grad(set_to_none=True)
     scaler.scale(out.loss).backward()
+    if grad_clip is not None:
+        for optimizer in optimizers:
+            scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     for optimizer in optimizers:
         scaler.step(optimizer)
     scaler.update()
@@ -183,8 +192,7 @@ class _Run:
                     if train_cfg.ema_decay is not None else None)
         network, attention = split_parameters(self.model)
         optim = config.optim
-        self.optimizer = torch.optim.SGD(network, lr=optim.lr, momentum=optim.momentum,
-                                         weight_decay=optim.weight_decay, nesterov=optim.nesterov)
+        self.optimizer = build_sgd(self.model, network, optim)
         self.attention_optimizer = (torch.optim.Adam(attention, lr=optim.attention_lr, betas=optim.attention_betas,
                                                      weight_decay=optim.attention_weight_decay)
                                     if attention else None)
@@ -204,7 +212,12 @@ class _Run:
             changes = restore(self, self.folder.last, self.allow_changes)
             self._write_config()  # only now: a refused resume leaves the run's config.yaml as it was
         self._decorrelate_ranks()
-        self.nets = wrap_for_training(self.model, train_cfg.compile, device, self.ctx.distributed)
+        unused = parameters_without_gradient(lambda: create_model(config.model.name, num_classes=num_classes,
+                                                                  **config.model.kwargs)) if self.ctx.distributed else []
+        if unused and self.ctx.is_main:
+            logger.info("%d parameters get no gradient by design (e.g. %s); DDP is told to expect that",
+                        len(unused), unused[0])
+        self.nets = wrap_for_training(self.model, train_cfg.compile, device, self.ctx.distributed, bool(unused))
         self.metrics = MetricsWriter(self.out_dir, train_cfg.tensorboard) if self.ctx.is_main else None
         if self.metrics is not None:  # rows of epochs after the checkpoint are redone (a killed run leaves some)
             self.metrics.truncate_after(self.epoch - 1)
@@ -293,12 +306,6 @@ class _Run:
     def _optimizers(self) -> list[torch.optim.Optimizer]:
         return [self.optimizer] + ([self.attention_optimizer] if self.attention_optimizer is not None else [])
 
-    def _set_lr(self, epoch_fraction: float) -> float:
-        lr = self.schedule(epoch_fraction)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        return lr
-
     def _train_epoch(self) -> dict[str, Any]:
         cfg = self.config.train
         self.model.train()
@@ -315,12 +322,15 @@ class _Run:
         lr = self.schedule(self.epoch + start_step / steps_per_epoch)
         for x, y in self.loader:
             step = self.loader.step - 1
-            lr = self._set_lr(self.epoch + step / steps_per_epoch)
+            lr = apply_schedule(self.optimizer, self.schedule, self.epoch + step / steps_per_epoch)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            out = training_step(self.nets.train, self.objective, x, y, optimizers=self._optimizers(),
-                                scaler=self.scaler, precision=self.precision,
-                                epoch=self.epoch + step / steps_per_epoch, generator=self.generator)
+            first_step = cfg.bn_warm_start and self.epoch == 1 and step == 0
+            with batchnorm_momentum(self.model, 1.0 if first_step else None):
+                out = training_step(self.nets.train, self.objective, x, y, optimizers=self._optimizers(),
+                                    scaler=self.scaler, precision=self.precision,
+                                    epoch=self.epoch + step / steps_per_epoch, generator=self.generator,
+                                    grad_clip=self.config.optim.grad_clip)
             if self.ema is not None:
                 self.ema.update((self.epoch - 1) * steps_per_epoch + step + 1)
             batch = out.targets.numel()
