@@ -8,6 +8,7 @@ lr 0.1, momentum 0.9 and weight decay 5e-4, selection one epoch after the first 
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -17,7 +18,8 @@ from dsnet.config import load_config
 from dsnet.schedules import build_schedule
 
 CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
-BEYOND_THE_PAPER = ("quickstart", "cifar10_trades_ema_awp", "cifar10_trades_dm", "cifar10_trades_rrn")
+BEYOND_THE_PAPER = ("quickstart", "cifar10_trades_ema_awp", "cifar10_trades_dm", "cifar10_trades_rrn",
+                    "cifar10_trades_wrn34r")
 PAPER_RECIPES = [p for p in CONFIGS if p.stem not in BEYOND_THE_PAPER]
 """One recipe per (dataset, training style), of DS-Net-4; every other model trains with the same (`<recipe>_<model>`)."""
 PAPER = re.compile(r"(cifar10|svhn)_(at|trades1|trades6|mart)(?:_(\w+))?")
@@ -147,3 +149,21 @@ def test_the_rrn_recipe_holds_the_values_of_huang_et_als_code() -> None:
     assert [schedule(e) for e in (75.0, 76.0, 90.0, 91.0)] == pytest.approx([0.1, 0.01, 0.01, 0.001])
     assert (config.train.epochs, config.train.batch_size, config.train.val_pgd_steps) == (100, 128, 20)
     assert load_config("cifar10_trades_rrn_wrn_a4").model.name == "wrn_a4"
+
+
+def test_the_wrn34r_recipe_holds_the_values_of_its_code() -> None:
+    """HanxunH/RobustWRN's WRN-34-R-trades-500k.yaml, main.py and dataset.py (RobustBench's Huang2021Exploring)."""
+    path = Path(__file__).parents[2] / "configs" / "cifar10_trades_wrn34r.yaml"
+    config = load_config(path)
+    o = config.objective
+    assert (o["name"], o["beta"], o["steps"], o["start"], o["noise_std"], o["attack_mode"]) == (
+        "trades", 6.0, 10, "normal", 0.0, "eval")
+    assert (config.model.name, config.data.extra_fraction) == ("wrn34_r", 0.5)
+    optim = config.optim
+    assert (optim.lr, optim.momentum, optim.weight_decay, optim.grad_clip, optim.norm_weight_decay) == (
+        0.1, 0.9, 5e-4, None, True)
+    schedule = config.schedule
+    for epoch in (1, 2, 200, 400):  # main.py's 0.05 * (1 + cos((epoch - 1) * pi / 400)), here at the 1-based epoch
+        assert schedule(float(epoch)) == pytest.approx(0.05 * (1 + math.cos((epoch - 1) * math.pi / 400)))
+    train = config.train
+    assert (train.epochs, train.batch_size, train.max_steps_per_epoch, train.ema_decay) == (400, 256, 196, None)
