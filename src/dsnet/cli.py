@@ -49,6 +49,8 @@ COMMANDS: dict[str, Command] = {
                     "dsnet.evaluation.command", "add_eval_arguments", "run_eval"),
     "export": Command("export a checkpoint as a RobustBench-style model (+ claim JSON from a report)",
                       "dsnet.evaluation.command", "add_export_arguments", "run_export"),
+    "compare": Command("put evaluations side by side (same threat model, ε and points): Markdown, LaTeX, security "
+                       "curves", "dsnet.evaluation.compare"),
     "reproduce": Command("run a paper table or figure (grid of models x styles x seeds), skip finished runs, "
                          "aggregate", "dsnet.experiments.command", "add_reproduce_arguments", "run_reproduce"),
     "analyze": Command("plot what a trained model learned: attention weights, loss landscape, gradient variance, "

@@ -34,7 +34,8 @@ _META = "cli"
 def option(default: Any = None, *, flag: str | None = None, parse: Callable[[str], Any] | None = None,
            nargs: str | int | None = None, metavar: str | tuple[str, ...] | None = None,
            choices: Iterable[Any] | None = None, group: str | None = None, exclusive: str | None = None,
-           required: bool = False, cli: bool = True, factory: Callable[[], Any] | None = None) -> Any:
+           required: bool = False, cli: bool = True, factory: Callable[[], Any] | None = None,
+           action: str | None = None) -> Any:
     """A dataclass field with its command-line details.
 
     Args:
@@ -46,10 +47,11 @@ def option(default: Any = None, *, flag: str | None = None, parse: Callable[[str
         exclusive: options with the same name here exclude each other.
         required: the option must be given on the command line.
         cli: False for a field that only Python callers set (a nested mapping).
+        action: argparse's action ("extend": `--curve eps --curve steps` gathers both).
     """
     meta = {"flag": flag, "parse": parse, "nargs": nargs, "metavar": metavar,
             "choices": tuple(choices) if choices is not None else None, "group": group, "exclusive": exclusive,
-            "required": required, "cli": cli}
+            "required": required, "cli": cli, "action": action}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata={_META: meta})
     return dataclasses.field(default=default, metadata={_META: meta})
@@ -112,8 +114,10 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, exclude: Iterab
             else:
                 target.add_argument(_flag(field), dest=field.name, action="store_true", help=help_text)
             continue
+        if meta.get("action") in ("extend", "append"):
+            default = None  # argparse adds to a list it creates; the field's default stands when the flag is absent
         kwargs: dict[str, Any] = {"dest": field.name, "default": default, "help": help_text}
-        for key in ("nargs", "metavar", "choices", "required"):
+        for key in ("nargs", "metavar", "choices", "required", "action"):
             if meta.get(key):
                 kwargs[key] = meta[key]
         if meta.get("parse"):
@@ -129,6 +133,8 @@ def namespace_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     for field in dataclasses.fields(cls):
         if hasattr(args, field.name):
             value = getattr(args, field.name)
+            if value is None and field.default is not None and field.default is not dataclasses.MISSING:
+                continue  # a gathering option that was not given: the field keeps its default
             values[field.name] = tuple(value) if isinstance(value, list) else value
     return values
 

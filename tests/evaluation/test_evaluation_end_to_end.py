@@ -79,7 +79,7 @@ def test_eval_writes_reports_with_the_five_metrics_in_the_papers_order(full_eval
     assert list(aa["stage_accuracy"]) == ["clean", "apgd-ce", "apgd-t", "fab-t", "square"]
     assert aa["stage_accuracy"]["square"] == accuracy["autoattack"] and isinstance(aa["warnings"], list)
     checks = {c["name"]: c for c in report["sanity_checks"]}
-    assert set(checks) == {"ordering", "eps_sweep", "square", "perturbation_bounds", "pgd_vs_margin"}
+    assert set(checks) == {"ordering", "eps_sweep", "square", "perturbation_bounds", "pgd_vs_margin", "randomness"}
     assert checks["ordering"]["status"] == "passed" and checks["perturbation_bounds"]["status"] == "passed"
     assert all(c["status"] in ("passed", "failed", "skipped") and c["message"] for c in checks.values())
     assert [p["eps"] for p in report["eps_sweep"]["points"]] == pytest.approx([0.0155, 0.031, 0.062, 0.124, 0.5])

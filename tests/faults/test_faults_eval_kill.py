@@ -52,7 +52,7 @@ def _comparable(report: dict[str, Any]) -> dict[str, Any]:
     """The report without what legitimately differs between two runs of the same evaluation."""
     def strip(value: Any) -> Any:
         if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items() if k not in ("runtime_s", "resumed")}
+            return {k: strip(v) for k, v in value.items() if k not in ("runtime_s", "resumed", "images_per_s")}
         if isinstance(value, list):
             return [strip(v) for v in value]
         return value

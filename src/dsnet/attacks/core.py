@@ -36,6 +36,7 @@ __all__ = [
     "random_start",
     "project",
     "gradient_ascent",
+    "input_gradient",
     "sign_gradient_ascent",
     "LossFn",
     "StartKind",
@@ -177,6 +178,7 @@ def gradient_ascent(
     noise_std: float = 0.0,
     generator: torch.Generator | None = None,
     mode: str = "eval",
+    eot: int = 1,
 ) -> torch.Tensor:
     """Maximises `loss_fn` over the ε-ball of `norm` with steps x <- Π(x + step(∇x) + ω·N(0, I)).
 
@@ -197,6 +199,9 @@ def gradient_ascent(
         generator: randomness for the start and the noise; a fixed-seed generator on `x.device` if None,
             so a call never touches the global RNG.
         mode: "eval" or "batch" (`ATTACK_MODES`); training attacks only, evaluation always runs in eval mode.
+        eot: expectation over transformation (Athalye et al. 2018): each step follows the gradient averaged over
+            `eot` forward and backward passes at the same point, for a model whose output is random; 1 for a
+            deterministic model.
 
     Returns:
         Detached adversarial images with ||x_adv - x|| <= eps in `norm` and values in [0, 1].
@@ -213,18 +218,27 @@ def gradient_ascent(
     with attack_context(model, mode), no_gradient_sync(model), frozen_parameters(model), torch.enable_grad():
         for _ in range(steps):
             x_adv.requires_grad_(True)
-            loss = loss_fn(model(x_adv), x_adv).sum()
-            if loss.requires_grad:
-                (grad,) = torch.autograd.grad(loss, x_adv, allow_unused=True)
-            else:  # a model whose output ignores its input: no direction to follow (it gets a report warning)
-                grad = None
-            if grad is None:
-                grad = torch.zeros_like(x_adv)
+            grad = input_gradient(model, x_adv, loss_fn, eot)
             x_adv = x_adv.detach() + ball.step(grad, step_size)
             if noise_std > 0:
                 x_adv += noise_std * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
             x_adv = ball.project(x_adv, x, eps)
     return x_adv.detach()
+
+
+def input_gradient(model: nn.Module, x: torch.Tensor, loss_fn: LossFn, eot: int = 1) -> torch.Tensor:
+    """∇x of the summed `loss_fn(model(x), x)`, averaged over `eot` passes (`x` requires grad; call it with the
+    parameters frozen). A model whose output ignores its input gives no direction: a zero gradient (the report
+    warns about such a model)."""
+    total: torch.Tensor | None = None
+    for _ in range(eot):
+        loss = loss_fn(model(x), x).sum()
+        grad = torch.autograd.grad(loss, x, allow_unused=True)[0] if loss.requires_grad else None
+        if grad is not None:
+            total = grad if total is None else total + grad
+    if total is None:
+        return torch.zeros_like(x)
+    return total / eot if eot > 1 else total
 
 
 def sign_gradient_ascent(model: nn.Module, x: torch.Tensor, loss_fn: LossFn, **settings: object) -> torch.Tensor:

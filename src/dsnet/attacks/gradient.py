@@ -34,6 +34,11 @@ from dsnet.errors import ConfigError
 __all__ = ["FGSM", "PGD", "CWInf", "CWL2", "fgsm_textbook"]
 
 
+def _eot(samples: int) -> str:
+    """" (EOT-10)" for an attack that averages its gradients over 10 passes; nothing for a plain one."""
+    return f" (EOT-{samples})" if samples > 1 else ""
+
+
 def _suffix(norm: Norm) -> str:
     """"" for L∞ (the paper's labels stay as they were), " (L2)" otherwise."""
     return "" if norm is LINF else f" ({norm.name})"
@@ -51,13 +56,15 @@ class FGSM(Attack):
         norm: "Linf" or "L2".
     """
 
-    def __init__(self, *, eps: float, random_start: bool = True, seed: int = 0, norm: str = "Linf") -> None:
+    def __init__(self, *, eps: float, random_start: bool = True, seed: int = 0, norm: str = "Linf",
+                 eot: int = 1) -> None:
         super().__init__(seed=seed)
         self.eps = check_number("FGSM", "eps", eps)
         if not isinstance(random_start, bool):
             raise ConfigError(f"FGSM: random_start must be True or False, got {random_start!r}")
         self.random_start = random_start
         self.norm = get_norm(norm, "FGSM")
+        self.eot = check_int("FGSM", "eot", eot, minimum=1)
 
     @property
     def name(self) -> str:  # type: ignore[override]
@@ -66,11 +73,11 @@ class FGSM(Attack):
     @property
     def label(self) -> str:
         name = "FGSM" if self.norm is LINF else "FGM"
-        return (name if self.random_start else f"{name} (textbook)") + _suffix(self.norm)
+        return (name if self.random_start else f"{name} (textbook)") + _suffix(self.norm) + _eot(self.eot)
 
     def _settings(self) -> dict[str, Any]:
         return {"eps": self.eps, "norm": self.norm.name, "step_size": self.eps, "steps": 1,
-                "random_start": self.random_start}
+                "random_start": self.random_start, **({"eot": self.eot} if self.eot > 1 else {})}
 
     def _perturb(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
@@ -85,13 +92,14 @@ class FGSM(Attack):
             norm=self.norm,
             start="uniform" if self.random_start else "none",
             generator=generator,
+            eot=self.eot,
         )
 
 
 @register_attack("fgsm_textbook", "textbook FGSM: x + ε·sign(∇) (x + ε·∇/‖∇‖₂ under L2), no random start")
-def fgsm_textbook(*, eps: float, seed: int = 0, norm: str = "Linf") -> FGSM:
+def fgsm_textbook(*, eps: float, seed: int = 0, norm: str = "Linf", eot: int = 1) -> FGSM:
     """The textbook FGSM, x + ε·sign(∇), with no random start (registered as `fgsm_textbook`)."""
-    return FGSM(eps=eps, random_start=False, seed=seed, norm=norm)
+    return FGSM(eps=eps, random_start=False, seed=seed, norm=norm, eot=eot)
 
 
 class _GradientAttack(Attack):
@@ -99,10 +107,11 @@ class _GradientAttack(Attack):
 
     def __init__(
         self, *, eps: float, step_size: float, steps: int, restarts: int, random_start: bool, seed: int,
-        norm: str | Norm = "Linf",
+        norm: str | Norm = "Linf", eot: int = 1,
     ) -> None:
         super().__init__(seed=seed)
         owner = type(self).__name__
+        self.eot = check_int(owner, "eot", eot, minimum=1)
         self.norm = get_norm(norm, owner)
         self.eps = check_number(owner, "eps", eps)
         self.step_size = check_number(owner, "step_size", step_size)
@@ -126,6 +135,7 @@ class _GradientAttack(Attack):
             "steps": self.steps,
             "restarts": self.restarts,
             "random_start": self.random_start,
+            **({"eot": self.eot} if self.eot > 1 else {}),
         }
 
     def _loss(self, y: torch.Tensor) -> LossFn:
@@ -147,6 +157,7 @@ class _GradientAttack(Attack):
                 norm=self.norm,
                 start="uniform" if self.random_start else "none",
                 generator=generator,
+                eot=self.eot,
             )
 
         best = one_run()
@@ -175,6 +186,7 @@ class PGD(_GradientAttack):
         random_start: uniform start in the ε-ball (the paper's) or none.
         seed: seed of the random starts.
         norm: "Linf" or "L2".
+        eot: gradients averaged over this many passes per step, for a randomised model (1: plain PGD).
     """
 
     name = "pgd"
@@ -189,15 +201,17 @@ class PGD(_GradientAttack):
         random_start: bool = True,
         seed: int = 0,
         norm: str = "Linf",
+        eot: int = 1,
     ) -> None:
         super().__init__(
             eps=eps, step_size=step_size, steps=steps, restarts=restarts, random_start=random_start, seed=seed,
-            norm=norm,
+            norm=norm, eot=eot,
         )
 
     @property
     def label(self) -> str:
-        return f"PGD-{self.steps}{_suffix(self.norm)}"
+        restarts = f"×{self.restarts}" if self.restarts > 1 else ""
+        return f"PGD-{self.steps}{restarts}{_suffix(self.norm)}{_eot(self.eot)}"
 
     def _loss(self, y: torch.Tensor) -> LossFn:
         return lambda logits, _: cross_entropy_loss(logits, y)
@@ -215,6 +229,7 @@ class CWInf(_GradientAttack):
         restarts: independent random starts; the worst case per point is kept.
         random_start: uniform start in the ε-ball (the paper's) or none.
         seed: seed of the random starts.
+        eot: gradients averaged over this many passes per step, for a randomised model (1: plain).
     """
 
     name = "cw_inf"
@@ -229,10 +244,11 @@ class CWInf(_GradientAttack):
         restarts: int = 1,
         random_start: bool = True,
         seed: int = 0,
+        eot: int = 1,
     ) -> None:
         super().__init__(
             eps=eps, step_size=step_size, steps=steps, restarts=restarts, random_start=random_start, seed=seed,
-            norm=self._norm,
+            norm=self._norm, eot=eot,
         )
         self.kappa = check_number(type(self).__name__, "kappa", kappa)
 
@@ -240,7 +256,7 @@ class CWInf(_GradientAttack):
 
     @property
     def label(self) -> str:
-        return f"CW∞-{self.steps}"
+        return f"CW∞-{self.steps}{_eot(self.eot)}"
 
     def _settings(self) -> dict[str, Any]:
         return {**super()._settings(), "kappa": self.kappa}
@@ -262,4 +278,4 @@ class CWL2(CWInf):
 
     @property
     def label(self) -> str:
-        return f"CW-L2-{self.steps}"
+        return f"CW-L2-{self.steps}{_eot(self.eot)}"

@@ -231,7 +231,8 @@ def attack_run(model: nn.Module, attack: AttackFn, images: torch.Tensor, labels:
                 check_finite_batch("logits of the adversarial images", logits, number, todo[batch])
                 local[start : start + batch.numel()] = logits.argmax(dim=1) == y
             pairs.append((x, x_adv.detach()))
-    eps = float(getattr(attack, "eps", float("nan")))
+    eps = getattr(attack, "eps", None)
+    eps = float(eps) if eps is not None else float("nan")
     return AttackRun(_gather(local, todo[positions], n, device).bool(), perturbation_stats(pairs, device, eps))
 
 

@@ -12,8 +12,9 @@ FGSM/FGM, PGD and the CW margin attack in both (and the training objectives with
 
 Both clip to the image box [0, 1] after projecting; clipping moves every pixel towards the clean one, so the
 result stays inside the ball. Norms are computed per example over all pixels and channels, in pixel units.
-L1 is known by name (the reference AutoAttack supports it) but has no step here: the sparse L1 steps of
-APGD-L1 are not a one-line rule, so first-order L1 attacks are left to AutoAttack.
+L1 has a projection (onto the L1 ball, by Duchi et al.'s sort-based rule) for the minimum-norm attack
+(`dsnet.attacks.minimum_norm`), but no step: the sparse L1 steps of APGD-L1 are not a one-line rule, so fixed-ε
+first-order L1 attacks are left to AutoAttack. A radius may be one number or one per example ((B,) tensor).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ import torch
 from dsnet.errors import ConfigError
 from dsnet.registry import suggest
 
-__all__ = ["Norm", "NORMS", "LINF", "L2", "get_norm", "norm_names", "perturbation_size"]
+__all__ = ["Norm", "NORMS", "LINF", "L2", "L1", "DUAL_NORMS", "get_norm", "norm_names", "perturbation_size",
+           "l1_ball_projection"]
 
 _TINY = 1e-12
 
@@ -75,11 +77,15 @@ class Norm:
             return torch.where(torch.isnan(grad), grad, step_size * grad.sign())
         return grad * _view(step_size / grad.flatten(1).norm(dim=1).clamp_min(_TINY), grad)
 
-    def project(self, x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
-        """`x_adv` moved to the nearest point of the ε-ball around `x`, then clipped to [0, 1]."""
+    def project(self, x_adv: torch.Tensor, x: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
+        """`x_adv` moved to the nearest point of the ε-ball around `x` (ε one number, or (B,) per example), then
+        clipped to [0, 1]."""
         if self.name == "Linf":
-            return torch.minimum(torch.maximum(x_adv, x - eps), x + eps).clamp_(0.0, 1.0)
+            radius = _view(eps, x) if isinstance(eps, torch.Tensor) else eps
+            return torch.minimum(torch.maximum(x_adv, x - radius), x + radius).clamp_(0.0, 1.0)
         delta = x_adv - x
+        if self.name == "L1":
+            return (x + l1_ball_projection(delta, eps)).clamp_(0.0, 1.0)
         length = delta.flatten(1).norm(dim=1)
         factor = torch.where(length > eps, eps / length.clamp_min(_TINY), torch.ones_like(length))
         return (x + delta * _view(factor, x)).clamp_(0.0, 1.0)
@@ -89,8 +95,34 @@ class Norm:
         return perturbation_size(delta, self.name)
 
 
+def l1_ball_projection(delta: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
+    """The Euclidean projection of each example of `delta` onto the L1 ball of radius `eps` (Duchi, Shalev-Shwartz,
+    Singer & Chandra, ICML 2008): soft-threshold |δ| by the τ that makes its L1 norm ε; examples inside the ball are
+    left as they are."""
+    flat = delta.flatten(1)
+    radius = eps if isinstance(eps, torch.Tensor) else torch.full((flat.shape[0],), float(eps), device=flat.device,
+                                                                  dtype=flat.dtype)
+    outside = flat.abs().sum(dim=1) > radius
+    if not bool(outside.any()):
+        return delta
+    magnitude = flat[outside].abs()
+    ordered = magnitude.sort(dim=1, descending=True).values
+    ranks = torch.arange(1, ordered.shape[1] + 1, device=flat.device, dtype=flat.dtype)
+    thresholds = (ordered.cumsum(dim=1) - radius[outside].unsqueeze(1)) / ranks
+    last = (ordered > thresholds).to(flat.dtype).mul(ranks).argmax(dim=1, keepdim=True)  # the largest such rank
+    tau = thresholds.gather(1, last)
+    projected = flat.clone()
+    projected[outside] = (magnitude - tau).clamp_min(0.0).copysign(flat[outside])
+    return projected.view_as(delta)
+
+
 LINF = Norm("Linf", "L∞")
 L2 = Norm("L2", "L2")
+L1 = Norm("L1", "L1")
+"""L1 projects (for the minimum-norm attack) but does not step or start: it is not in `NORMS`."""
+
+DUAL_NORMS = {"Linf": "L1", "L2": "L2", "L1": "Linf"}
+"""The dual of each norm: |⟨g, δ⟩| ≤ ‖g‖_dual·‖δ‖, so a linear model's boundary is |margin| / ‖∇margin‖_dual away."""
 
 NORMS: dict[str, Norm] = {norm.name: norm for norm in (LINF, L2)}
 """The norms first-order attacks and training objectives can step in."""

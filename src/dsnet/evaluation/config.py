@@ -14,6 +14,7 @@ Only argparse-level code runs when this module is imported, so `dsnet -h` stays 
 from __future__ import annotations
 
 import argparse
+import inspect
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +28,14 @@ if TYPE_CHECKING:
     from dsnet.evaluation.suite import Preset, Suite
 
 __all__ = ["EvalConfig", "EvalPlan", "get_suite", "suite_names", "default_out_dir", "check_normalization",
-           "check_data_choice", "parse_channels", "WEIGHT_CHOICES"]
+           "check_data_choice", "parse_channels", "WEIGHT_CHOICES", "CURVES", "AUTOATTACK_VERSION_CHOICES"]
+
+CURVES = ("eps", "steps")
+"""The curves `--curve` draws: accuracy against ε (security curve), against attack iterations (convergence)."""
+
+AUTOATTACK_VERSION_CHOICES = ("standard", "plus", "rand")
+"""`--autoattack-version` (the reference's versions; the same as `dsnet.attacks.autoattack.AUTOATTACK_VERSIONS`,
+spelt here so that `dsnet -h` imports no torch)."""
 
 WEIGHT_CHOICES = ("auto", "ema", "raw")
 """Which weights of a training checkpoint to evaluate: auto (the weight average when there is one), ema, raw."""
@@ -89,6 +97,7 @@ def parse_channels(text: str) -> tuple[float, ...]:
 
 _MODEL = "the model"
 _POINTS = "points"
+_EVIDENCE = "the evidence behind the numbers"
 
 
 def check_normalization(mean: Any, std: Any, channels: int = 3) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -166,6 +175,22 @@ class EvalConfig:
     """Points per batch (default 256)."""
     autoattack_batch_size: int | None = option(None, parse=_positive_int, metavar="N")
     """Points per AutoAttack call (default 250, the reference's; its random draws depend on it)."""
+    autoattack_version: str | None = option(None, choices=AUTOATTACK_VERSION_CHOICES)
+    """standard (default), plus, or rand: for a randomised model, the reference's EOT over 20 samples."""
+    eot: int = option(1, parse=_positive_int, metavar="N", group=_EVIDENCE)
+    """Expectation over transformation: FGSM, PGD and CW follow gradients averaged over N passes (for a randomised
+    model; default 1)."""
+    curves: tuple[str, ...] = option((), flag="--curve", nargs="+", choices=CURVES, action="extend",
+                                     metavar="CURVE", group=_EVIDENCE)
+    """eps: the security curve, accuracy against ε, from one minimum-norm attack (FMN) on every point; steps:
+    accuracy against attack iterations (PGD and APGD at --curve-steps, and PGD with --curve-restarts)."""
+    curve_steps: tuple[int, ...] = option((10, 20, 50, 100, 200), nargs="+", parse=_positive_int, metavar="K",
+                                          group=_EVIDENCE)
+    """Iterations of the convergence curve (default 10 20 50 100 200)."""
+    curve_restarts: int = option(5, parse=_positive_int, metavar="R", group=_EVIDENCE)
+    """Random restarts of the curve's last PGD point (default 5; 1 for none)."""
+    fmn_steps: int = option(100, parse=_positive_int, metavar="K", group=_EVIDENCE)
+    """Iterations of the minimum-norm attack behind the security curve (default 100; the paper uses 1000)."""
     seed: int = 0
     """Seed of the subset, the attacks and the sweep (default 0)."""
     dataset: str | None = option(None)
@@ -197,6 +222,17 @@ class EvalConfig:
         problems.integer("--seed", self.seed, minimum=0)
         if self.autoattack_batch_size is not None:
             problems.integer("--autoattack-batch-size", self.autoattack_batch_size, minimum=1)
+        if self.autoattack_version is not None:
+            problems.choice("--autoattack-version", self.autoattack_version, AUTOATTACK_VERSION_CHOICES)
+        problems.integer("--eot", self.eot, minimum=1)
+        problems.integer("--curve-restarts", self.curve_restarts, minimum=1)
+        problems.integer("--fmn-steps", self.fmn_steps, minimum=1)
+        for curve in self.curves or ():
+            problems.choice("--curve", curve, CURVES)
+        steps = tuple(self.curve_steps or ())
+        if not steps or any(not isinstance(k, int) or isinstance(k, bool) or k < 1 for k in steps) or \
+                list(steps) != sorted(set(steps)):
+            problems.add(f"--curve-steps takes increasing iteration counts >= 1 such as 10 20 50, got {list(steps)}")
         problems.choice("--weights", self.weights, WEIGHT_CHOICES)
         if self.n_examples is not None and self.subset is not None:
             problems.add("--n-examples and --subset exclude each other; pass one of them")
@@ -226,10 +262,19 @@ class EvalConfig:
         overrides = {k: dict(v or {}) for k, v in dict(self.overrides or {}).items()}
         if self.autoattack_batch_size is not None:
             overrides["autoattack"] = {**overrides.get("autoattack", {}), "batch_size": self.autoattack_batch_size}
+        if self.autoattack_version is not None:
+            overrides["autoattack"] = {**overrides.get("autoattack", {}), "version": self.autoattack_version}
         severities = suite.severities(self, preset)
         normalize = check_normalization(*self.normalize) if self.normalize is not None else None
-        return EvalPlan(self, suite, preset, suite.metric_names(self.attacks, preset), severities,
-                        suite.radius(preset, self.eps), overrides, normalize)
+        metric_names = suite.metric_names(self.attacks, preset)
+        if self.eot > 1:  # every attack of ours that follows gradients averages them (AutoAttack: --autoattack-version)
+            from dsnet.attacks import ATTACKS
+
+            for name in metric_names:
+                if "eot" in inspect.signature(ATTACKS.get(name)).parameters:
+                    overrides[name] = {**overrides.get(name, {}), "eot": self.eot}
+        return EvalPlan(self, suite, preset, metric_names, severities, suite.radius(preset, self.eps), overrides,
+                        normalize)
 
 
 @dataclass(frozen=True)

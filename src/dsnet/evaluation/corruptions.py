@@ -81,6 +81,10 @@ class CorruptionSuite(Suite):
             problems.add("--eps does not apply to the corruptions threat model")
         if config.overrides:
             problems.add("attack overrides do not apply to the corruptions threat model")
+        if config.curves:
+            problems.add("--curve needs a threat model with attacks (Linf, L2, L1), not the corruptions")
+        if config.eot > 1 or config.autoattack_version is not None:
+            problems.add("--eot and --autoattack-version apply to attacks, not to the corruptions")
         if config.severities is not None:
             bad = [s for s in config.severities if s not in preset.severities]
             if bad or not config.severities:

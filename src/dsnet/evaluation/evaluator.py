@@ -44,12 +44,29 @@ import torch.nn as nn
 
 import dsnet
 from dsnet.attacks.metrics import AttackRun, clean_flags
+from dsnet.attacks.queries import count_queries
 from dsnet.errors import ConfigError, NonFiniteError, OverwriteError
 from dsnet.evaluation.config import EvalConfig, EvalPlan, check_data_choice, default_out_dir
 from dsnet.evaluation.loading import PROBE_BATCH, LoadedModel, load_model_for_evaluation
 from dsnet.evaluation.points import PointSelection, select_points
-from dsnet.evaluation.report import REPORT_FILES, REPORT_JSON, AttackOutcome, EvalReport, flags_from_string, \
-    flags_to_string
+from dsnet.evaluation.curves import (
+    CURVE_FILES,
+    check_convergence,
+    check_security_curve,
+    convergence_curve,
+    fixed_eps_points,
+    security_curve,
+)
+from dsnet.evaluation.randomness import (
+    EOT_REMEDY,
+    PROBE_PASSES,
+    SPREAD_PASSES,
+    check_randomness,
+    clean_spread,
+    seeded_global_rng,
+)
+from dsnet.evaluation.report import REPORT_FILES, REPORT_JSON, AttackOutcome, EvalReport, Evidence, \
+    flags_from_string, flags_to_string
 from dsnet.evaluation.state import STATE_NAME, EvalState
 from dsnet.evaluation.suite import Metric, Suite
 from dsnet.options import field_doc_block, keyword_signature
@@ -70,7 +87,7 @@ def _evaluation_files(suite: Suite) -> tuple[str, ...]:
     """Every name an evaluation of `suite` writes in its folder (the AutoAttack resume files as a pattern)."""
     from dsnet.attacks.autoattack import STATE_FILES
 
-    return (*REPORT_FILES, *suite.files, STATE_NAME, STATE_FILES)
+    return (*REPORT_FILES, *suite.files, *CURVE_FILES, STATE_NAME, STATE_FILES)
 
 
 def evaluation_folder(out: Path, suite: Suite, *, is_main: bool = True) -> RunFolder:
@@ -200,13 +217,19 @@ class Evaluation:
         else:
             t0 = time.perf_counter()
             try:
-                run: AttackRun = metric.compute()
+                # torch's global generator seeded per metric: a randomised model draws the same noise in a rerun
+                with count_queries(self.loaded.model) as count, seeded_global_rng(self.plan.config.seed,
+                                                                                   self.ctx.device):
+                    run: AttackRun = metric.compute()
             except NonFiniteError as error:
                 kept = (f"the finished metrics ({', '.join(state.results)}) are kept in {self.out / STATE_NAME}"
                         if state.results else "nothing had finished before it")
                 raise NonFiniteError(f"{metric.label}: {error}; {kept}") from None
-            outcome = AttackOutcome(metric.name, metric.label, config, run.flags, time.perf_counter() - t0,
-                                    run.stats, extra=run.extra)
+            runtime = time.perf_counter() - t0
+            points = int(run.stats.get("n_attacked", n if metric.name == "clean" else int(self.clean.sum())))
+            run.stats["queries"] = count.totals().to_dict(points)
+            run.stats["images_per_s"] = points / runtime if runtime > 0 else None
+            outcome = AttackOutcome(metric.name, metric.label, config, run.flags, runtime, run.stats, extra=run.extra)
             state.record(metric.name, {"config": config, "flags": flags_to_string(run.flags),
                                        "runtime_s": outcome.runtime_s, "stats": run.stats, "extra": run.extra})
             how = f"in {outcome.runtime_s:.1f} s"
@@ -237,7 +260,28 @@ class Evaluation:
                 barrier()
                 metric.done()  # the result is in eval_state.json now
             sweep = plan.suite.sweep(self, state, self.clean)
-        return self._report(sweep, math_mode)
+            randomness = self._randomness(state)
+            security = security_curve(self, state) if "eps" in c.curves else None
+            convergence = convergence_curve(self, state) if "steps" in c.curves else None
+        return self._report(sweep, math_mode, Evidence(security, convergence, fixed_eps_points(self, sweep),
+                                                       randomness))
+
+    def _randomness(self, state: EvalState) -> dict[str, Any]:
+        """Whether the model is randomised and, if it is, its clean accuracy over repeated passes (stored)."""
+        found = {"randomized": self.loaded.randomized, "probe_difference": self.loaded.randomness}
+        if not self.loaded.randomized:
+            return found
+        c = self.plan.config
+        key = {"passes": SPREAD_PASSES, "seed": c.seed, "batch_size": c.batch_size}
+        spread = state.extra("clean_spread", key)
+        if spread is None:
+            def one_pass(number: int) -> torch.Tensor:
+                with seeded_global_rng(c.seed + 1 + number, self.ctx.device):
+                    return clean_flags(self.loaded.model, self.images, self.labels, batch_size=c.batch_size)
+
+            spread = clean_spread(one_pass)
+            state.record_extra("clean_spread", key, spread)
+        return {**found, "clean_spread": spread}
 
     def _warnings(self) -> list[str]:
         """What the numbers cannot say by themselves: a model that ignores its input, and the suite's own notes."""
@@ -245,12 +289,34 @@ class Evaluation:
         if not self.loaded.responds_to_input:
             notes.append(f"the model gave the same logits to {PROBE_BATCH} different images (black, white, grey and "
                          "noise): it ignores its input, so these accuracies say nothing about robustness")
+        if self.loaded.randomized:
+            notes.append(f"the model is randomised: {PROBE_PASSES} passes of the same images gave different logits "
+                         f"(by {self.loaded.randomness:.2g}), so every accuracy here is one draw (the clean accuracy's "
+                         f"spread over {SPREAD_PASSES} passes is in the report); attack it with {EOT_REMEDY}")
         notes += self.plan.suite.warnings(self)
         for note in notes:
             logger.warning("%s", note)
         return notes
 
-    def _report(self, sweep: list[tuple[float, float]] | None, math_mode: dict[str, Any]) -> EvalReport:
+    def _checks(self, sweep: list[tuple[float, float]] | None, evidence: Evidence) -> list[Any]:
+        """The suite's checks, then the evidence's: randomness (always), the curves (when asked for)."""
+        checks = list(self.plan.suite.checks(self, sweep))
+        if self.plan.suite.norm is None:
+            return checks
+        from dsnet.attacks import ATTACKS
+
+        eot = {o.label: int(o.config.get("eot", 1)) for o in self.outcomes  # the attacks that follow gradients
+               if o.name in ATTACKS and "eot" in inspect.signature(ATTACKS.get(o.name)).parameters}
+        version = next((o.config.get("version") for o in self.outcomes if o.name == "autoattack"), None)
+        checks.append(check_randomness(self.loaded.randomness, eot, version))
+        if evidence.security is not None:
+            checks.append(check_security_curve(evidence.security, evidence.fixed))
+        if evidence.convergence is not None:
+            checks.append(check_convergence(evidence.convergence))
+        return checks
+
+    def _report(self, sweep: list[tuple[float, float]] | None, math_mode: dict[str, Any],
+                evidence: Evidence) -> EvalReport:
         plan, loaded, outcomes = self.plan, self.loaded, self.outcomes
         c = plan.config
         device = self.ctx.device
@@ -270,7 +336,7 @@ class Evaluation:
             eps=plan.eps,
             step_note=plan.suite.step_note(self),
             outcomes=outcomes,
-            sanity_checks=plan.suite.checks(self, sweep),
+            sanity_checks=self._checks(sweep, evidence),
             eps_sweep=sweep,
             eps_sweep_n=min(c.sanity_n, self.selection.n),
             seeds={"seed": c.seed, "subset": self.selection.seed,
@@ -286,6 +352,7 @@ class Evaluation:
             warnings=self._warnings(),
             data={"dir": str(Path(self.data_dir).expanduser().resolve()), "sha256": self.key["data_sha256"]},
             suite=plan.suite,
+            evidence=evidence,
         )
         if self.ctx.is_main:
             for check in report.failed_checks:

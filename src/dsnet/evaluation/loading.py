@@ -67,6 +67,8 @@ class LoadedModel:
         source: where the model came from, for the report ({"kind": "dsnet checkpoint" | "factory" | "module", ...}).
         code: the digests of the files that define the model's computation (`dsnet.runtime.model_code_sha256`).
         responds_to_input: False when the probe's different images all got the same logits.
+        randomness: the largest difference between repeated passes of the probe images (logits scaled to unit
+            norm); above `dsnet.evaluation.randomness.RANDOMNESS_THRESHOLD` the model is randomised.
     """
 
     model: nn.Module
@@ -83,6 +85,14 @@ class LoadedModel:
     source: dict[str, Any] = field(default_factory=dict)
     code: dict[str, str] = field(default_factory=dict)
     responds_to_input: bool = True
+    randomness: float = 0.0
+
+    @property
+    def randomized(self) -> bool:
+        """Whether the same images gave different outputs on repeated passes."""
+        from dsnet.evaluation.randomness import RANDOMNESS_THRESHOLD
+
+        return self.randomness > RANDOMNESS_THRESHOLD
 
     @property
     def trained_epochs(self) -> int | None:
@@ -148,13 +158,14 @@ def probe_images(channels: int = 3, size: int = 32, device: torch.device | str =
 
 
 def _ready(model: nn.Module, num_classes: int, dataset: str, device: torch.device | str,
-           normalize: tuple[Any, Any] | None) -> tuple[nn.Module, bool]:
+           normalize: tuple[Any, Any] | None) -> tuple[nn.Module, bool, float]:
     """fp32, eval mode, frozen, on `device`, normalising its input if asked; its output probed.
 
     Normalisation wraps the model rather than hooking it: a caller's module stays exactly as it was handed in.
 
     Returns:
-        The model, and whether different probe images got different logits.
+        The model, whether different probe images got different logits, and how much repeated passes of the probe
+        differ (`dsnet.evaluation.randomness.probe_randomness`).
 
     Raises:
         ConfigError: the model cannot take a batch of images, or does not return one row of logits per image and
@@ -183,7 +194,11 @@ def _ready(model: nn.Module, num_classes: int, dataset: str, device: torch.devic
         raise NonFiniteError("the model returns NaN or infinite logits for plain images (black, white, grey, noise); "
                              "check its weights and its --normalize values")
     responds = not bool((out == out[:1]).all())
-    return model, responds
+    from dsnet.evaluation.randomness import probe_randomness
+
+    with full_fp32(probe.device.type):
+        difference = probe_randomness(model, probe)
+    return model, responds, difference
 
 
 def _user_model(model: nn.Module, source: dict[str, Any], checkpoint: str | Path | None, dataset: str | None,
@@ -208,14 +223,15 @@ def _user_model(model: nn.Module, source: dict[str, Any], checkpoint: str | Path
     trained, trained_source = _trained_with(trained_with, {}, path or name)
     num_classes = _dataset_classes(dataset)
     weights_sha256 = state_dict_sha256(model.state_dict().items())
-    model, responds = _ready(model, num_classes, dataset, device, normalize)
+    model, responds, randomness = _ready(model, num_classes, dataset, device, normalize)
     factory_file = [source["file"]] if source.get("file") else []
     return LoadedModel(model=model, model_name=name, model_kwargs=dict(source.get("kwargs") or {}),
                        num_classes=num_classes, dataset=dataset, trained_with=trained,
                        trained_with_source=trained_source, checkpoint=path if path is not None else Path(name),
                        weights_sha256=weights_sha256,
                        source={**source, "normalize": _normalize_record(normalize)},
-                       code=model_code_sha256(model, factory_file), responds_to_input=responds)
+                       code=model_code_sha256(model, factory_file), responds_to_input=responds,
+                       randomness=randomness)
 
 
 def _checked_kwargs(model_name: str, model_kwargs: dict[str, Any] | str | None) -> dict[str, Any]:
@@ -365,7 +381,7 @@ def load_model_for_evaluation(
         raise ConfigError(f"{name} normalises its input itself (mean {model.mean.flatten().tolist()}); drop "
                           "--normalize, which would normalise twice")
     load_model_state(model, described, path=path, expected_name=name)
-    model, responds = _ready(model, num_classes, dataset, device, normalize)
+    model, responds, randomness = _ready(model, num_classes, dataset, device, normalize)
     return LoadedModel(
         model=model,
         model_name=name,
@@ -383,4 +399,5 @@ def load_model_for_evaluation(
                 **({"robustbench": {"entry": entry.key, "claim": entry.claim}} if entry is not None else {})},
         code=model_code_sha256(model),
         responds_to_input=responds,
+        randomness=randomness,
     )

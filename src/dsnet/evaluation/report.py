@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AttackOutcome",
     "EvalReport",
+    "Evidence",
     "REPORT_FORMAT",
     "REPORT_FILES",
     "REPORT_JSON",
@@ -125,6 +126,23 @@ class AttackOutcome:
 
 
 @dataclass
+class Evidence:
+    """What backs the numbers beyond the attacks themselves (`dsnet.evaluation.curves`, `.randomness`).
+
+    Attributes:
+        security: the security curve (`--curve eps`), or None.
+        convergence: the convergence curve (`--curve steps`), or None.
+        fixed: the fixed-ε results the security curve is checked against.
+        randomness: {"randomized", "probe_difference", and for a randomised model "clean_spread"}.
+    """
+
+    security: Any = None
+    convergence: Any = None
+    fixed: list[dict[str, Any]] = field(default_factory=list)
+    randomness: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class EvalReport:
     """Everything an evaluation produced; see the module docstring.
 
@@ -153,6 +171,7 @@ class EvalReport:
         data: where the points came from and what they were: {"dir": the data folder, "sha256": the digest of the
             evaluated images and labels}, so an export can check that it reproduces these numbers on these points.
         suite: what was measured (a threat model, or the corruptions): its sections of the report.
+        evidence: the curves and the randomness probe.
     """
 
     checkpoint: str
@@ -178,6 +197,7 @@ class EvalReport:
     warnings: list[str] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)
     suite: Suite | None = None
+    evidence: Evidence = field(default_factory=Evidence)
 
     # ------------------------------------------------------------------------------------------ numbers
     @property
@@ -266,6 +286,10 @@ class EvalReport:
             "sanity_checks": [check.to_dict() for check in self.sanity_checks],
             "eps_sweep": ({"n": self.eps_sweep_n, "points": [{"eps": e, "accuracy": a} for e, a in self.eps_sweep]}
                           if self.eps_sweep else None),
+            "curves": {"eps": self.evidence.security.to_dict() if self.evidence.security is not None else None,
+                       "steps": (self.evidence.convergence.to_dict() if self.evidence.convergence is not None
+                                 else None)},
+            "randomness": dict(self.evidence.randomness),
             "corruptions": None,  # filled by the corruption suite's section; the key is always there
             "seeds": dict(self.seeds),
             "versions": dict(self.versions),
@@ -295,6 +319,11 @@ class EvalReport:
         ]
         if self.warnings:
             lines += [f"**Warning:** {warning}" for warning in self.warnings] + [""]
+        spread = self.evidence.randomness.get("clean_spread")
+        if spread:
+            lines += [f"Clean accuracy over {spread['passes']} passes of the randomised model: "
+                      f"{100 * spread['mean']:.2f} ± {100 * spread['std']:.2f} % (from {100 * spread['min']:.2f} to "
+                      f"{100 * spread['max']:.2f} %); the attacks below start from one pass.", ""]
         lines += self.suite.markdown_section(self)  # type: ignore[union-attr]
         lines += [
             "| " + " | ".join([o.short_label for o in self.outcomes] + ["Worst case"]) + " |",
@@ -307,16 +336,19 @@ class EvalReport:
             "",
             "## Attacks",
             "",
-            "| Metric | Accuracy (%) | Robust / n | Settings | Runtime (s) |",
-            "|---|---:|---:|---|---:|",
+            "| Metric | Accuracy (%) | Robust / n | Settings | Runtime (s) | Forward / backward per point | "
+            "Points / s |",
+            "|---|---:|---:|---|---:|---:|---:|",
         ]
         for o in self.outcomes:
             settings = _settings_text(o.config)
             resumed = " (resumed)" if o.resumed else ""
             lines.append(f"| {o.label} | {100 * o.accuracy:.2f} | {o.robust} / {o.flags.numel()} | {settings} | "
-                         f"{o.runtime_s:.1f}{resumed} |")
+                         f"{o.runtime_s:.1f}{resumed} | {_queries_text(o.stats)} | {_rate_text(o.stats)} |")
         lines.append(f"| Worst case | {100 * self.worst_case_accuracy:.2f} | {int(self.worst_case_flags.sum())} / "
-                     f"{self.n} | all of the above | |")
+                     f"{self.n} | all of the above | | | |")
+        lines += ["", "Queries are images through the model per attacked point (counted by hooks on it), forward and "
+                      "backward."]
         aa = self.autoattack
         if aa:
             stages = list(aa.get("stage_accuracy", {}))
@@ -327,6 +359,10 @@ class EvalReport:
                       f"Stages run: {', '.join(aa.get('stages_run', [])) or 'none'}. Warnings of AutoAttack's checks: "
                       + ("none." if not aa.get("warnings") else "")]
             lines += [f"- {warning}" for warning in aa.get("warnings", [])]
+        if self.evidence.security is not None or self.evidence.convergence is not None:
+            from dsnet.evaluation.curves import curve_markdown
+
+            lines += ["", *curve_markdown(self.evidence.security, self.evidence.convergence)]
         lines += ["", "## Sanity checks (gradient masking)", ""]
         if not self.sanity_checks:
             lines.append(self.suite.no_checks_note)  # type: ignore[union-attr]
@@ -368,14 +404,34 @@ class EvalReport:
         write_text_atomic(json_path, dumps_json(self.to_dict()) + "\n")
         write_text_atomic(md_path, self.to_markdown())
         self.out_dir = out_dir
-        return (json_path, md_path, *self.suite.write_files(self, out_dir))  # type: ignore[union-attr]
+        curves: tuple[Path, ...] = ()
+        if self.evidence.security is not None or self.evidence.convergence is not None:
+            from dsnet.evaluation.curves import write_curve_files
+
+            curves = write_curve_files(self.evidence.security, self.evidence.convergence, self.evidence.fixed,
+                                       out_dir)
+        return (json_path, md_path, *self.suite.write_files(self, out_dir), *curves)  # type: ignore[union-attr]
+
+
+def _queries_text(stats: dict[str, Any]) -> str:
+    """"21 / 20" forward and backward images per attacked point; "-" where nothing was counted (an older state)."""
+    queries = stats.get("queries") or {}
+    forward, backward = queries.get("forward_per_point"), queries.get("backward_per_point")
+    if forward is None:
+        return "-"
+    return f"{forward:.4g} / {backward:.4g}"
+
+
+def _rate_text(stats: dict[str, Any]) -> str:
+    rate = stats.get("images_per_s")
+    return f"{rate:.1f}" if isinstance(rate, (int, float)) else "-"
 
 
 def _settings_text(config: dict[str, Any]) -> str:
     """A compact one-cell summary of an attack's settings for the Markdown table."""
     if not config:
         return "-"
-    keys = ("eps", "step_size", "steps", "restarts", "kappa", "random_start", "version", "seed")
+    keys = ("eps", "step_size", "steps", "restarts", "kappa", "random_start", "eot", "version", "seed")
     parts = []
     for key in keys:
         if key in config:

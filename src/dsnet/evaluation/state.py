@@ -77,15 +77,18 @@ class EvalState:
         results: attack name -> {"config", "flags", "runtime_s", "stats", "extra"} of finished attacks.
         sweep: the ε sweep's result, once run.
         resumed: whether anything was read from an earlier run.
+        extras: name -> {"config", "value"} of other finished computations (the curves, the clean spread).
     """
 
     def __init__(self, path: Path | None, settings: dict[str, Any], results: dict[str, dict[str, Any]] | None = None,
-                 sweep: dict[str, Any] | None = None, resumed: bool = False) -> None:
+                 sweep: dict[str, Any] | None = None, resumed: bool = False,
+                 extras: dict[str, dict[str, Any]] | None = None) -> None:
         self.path = path
         self.settings = plain(settings)
         self.results = results or {}
         self.sweep = sweep
         self.resumed = resumed
+        self.extras = extras or {}
 
     @classmethod
     def check(cls, path: Path, settings: dict[str, Any]) -> None:
@@ -136,7 +139,8 @@ class EvalState:
             return cls(path, settings)
         now = plain(settings)
         cls._refuse_differences(path, raw.get("settings", {}), now)
-        state = cls(path, now, dict(raw.get("results", {})), raw.get("sweep"), resumed=bool(raw.get("results")))
+        state = cls(path, now, dict(raw.get("results", {})), raw.get("sweep"), resumed=bool(raw.get("results")),
+                    extras=dict(raw.get("extras") or {}))
         if state.resumed:
             logger.info("resuming the evaluation in %s: finished %s", path.parent, ", ".join(state.results))
         return state
@@ -163,6 +167,19 @@ class EvalState:
         self.results[name] = plain(result)
         self.save()
 
+    def extra(self, name: str, config: dict[str, Any]) -> Any:
+        """The stored value of computation `name` when it was made with `config`, else None (it is computed again
+        and replaced: a curve of other settings is never reused)."""
+        stored = self.extras.get(name)
+        if stored is None or _differences(stored.get("config", {}), plain(config)):
+            return None
+        return stored.get("value")
+
+    def record_extra(self, name: str, config: dict[str, Any], value: Any) -> None:
+        """Stores a finished computation (made with `config`) and saves the file."""
+        self.extras[name] = plain({"config": config, "value": value})
+        self.save()
+
     def record_sweep(self, sweep: dict[str, Any]) -> None:
         """Stores the ε sweep and saves the file."""
         self.sweep = plain(sweep)
@@ -172,5 +189,6 @@ class EvalState:
         """Writes the file atomically; nothing without a path."""
         if self.path is None:
             return
-        payload = {"format": STATE_FORMAT, "settings": self.settings, "results": self.results, "sweep": self.sweep}
+        payload = {"format": STATE_FORMAT, "settings": self.settings, "results": self.results, "sweep": self.sweep,
+                   "extras": self.extras}
         write_text_atomic(self.path, dumps_json(payload) + "\n")
