@@ -152,6 +152,7 @@ def test_an_objective_in_one_file_trains_and_is_evaluated_with_its_own_step(
     from dsnet.objectives import OBJECTIVES
     from dsnet.training.trainer import train
 
+    OBJECTIVES.names()  # the package scanned first: what it registers must outlive the copy below
     monkeypatch.setattr(OBJECTIVES, "_entries", dict(OBJECTIVES._entries))  # unregistered again afterwards
     source = tmp_path / "clean_logit_pairing.py"
     source.write_text('''
@@ -218,6 +219,8 @@ def _drop_into_package(package: str, registry: object, folder: Path, monkeypatch
     """Makes `folder` part of `package` (as if its files had been saved into the package's own folder) and lets
     `registry` scan the package again; both are undone after the test."""
     module = importlib.import_module(package)
+    registry.names()  # type: ignore[attr-defined]  # scanned first: a module imported during the test would
+    # otherwise register into the copy only, and be missing from the registry for every later test in this process
     monkeypatch.setattr(module, "__path__", [*module.__path__, str(folder)])
     monkeypatch.setattr(registry, "_entries", dict(registry._entries))
     monkeypatch.setattr(registry, "_meta", dict(registry._meta))
