@@ -47,7 +47,7 @@ COMMANDS: dict[str, Command] = {
     "train": Command("train a model with a recipe (adversarially, or not)", "dsnet.training.command"),
     "eval": Command("evaluate a checkpoint: clean, FGSM, PGD-20, CW-inf-30, AutoAttack, sanity checks",
                     "dsnet.evaluation.command", "add_eval_arguments", "run_eval"),
-    "export": Command("export a checkpoint as a RobustBench-style model (+ claim JSON from a report)",
+    "export": Command("export a checkpoint as a RobustBench-style or Hugging Face Hub model (+ claim, model card)",
                       "dsnet.evaluation.command", "add_export_arguments", "run_export"),
     "compare": Command("put evaluations side by side (same threat model, ε and points): Markdown, LaTeX, security "
                        "curves", "dsnet.evaluation.compare"),

@@ -141,6 +141,35 @@ def test_evaluation_runs_in_true_fp32_and_restores_the_callers_settings(cifar10_
     assert after == before and before["cudnn.conv"] == "tf32" and before["mkldnn.matmul"] == "bf16"
 
 
+def test_math_tf32_is_asked_for_recorded_and_not_mixed_with_fp32_results(
+        cifar10_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--math tf32` lets cuBLAS and cuDNN use TF32 (CPU math stays IEEE); the report and its Markdown say so, and
+    an interrupted fp32 evaluation is not completed in TF32 (nor the reverse)."""
+    from dsnet.models import MODELS, ModelInfo, register_model
+
+    if "math_probe_tiny" not in MODELS:
+        register_model("math_probe_tiny", _MathProbe, ModelInfo(family="test", tiny=True))
+    weights = tmp_path / "probe.pt"
+    torch.save(_MathProbe().state_dict(), weights)
+    _MathProbe.seen.clear()
+    args = ["eval", "--checkpoint", str(weights), "--model", "math_probe_tiny", "--dataset", "cifar10", "--data-dir",
+            str(cifar10_dir), "--out-dir", str(tmp_path / "eval"), "--attacks", "clean", "fgsm", "--no-sanity", *FAST]
+    assert main([*args, "--math", "tf32"]) == 0
+    seen = [s for s in _MathProbe.seen if not s.pop("autocast")]
+    attacked = seen[seen.index(next(s for s in seen if s["cudnn.conv"] == "tf32")):]  # after the loading probe (fp32)
+    assert len(attacked) >= 3  # clean, FGSM's gradient and its check
+    assert all(s["cudnn.conv"] == s["cuda.matmul"] == "tf32" and s["mkldnn.conv"] == "ieee" for s in attacked)
+    report = _report(tmp_path / "eval")
+    assert report["device"]["math_setting"] == "tf32" and report["device"]["math"]["cudnn.conv"] == "tf32"
+    assert "TF32 (--math tf32)" in (tmp_path / "eval" / "report.md").read_text()
+    capsys.readouterr()
+    assert main(args) == 1  # the default, fp32, on top of TF32 results
+    assert "--math" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--math", "fp16"])
+    assert exit_info.value.code == 2  # a usage error: argparse's choices
+
+
 def test_interrupted_evaluation_resumes_without_recomputing_finished_attacks(
     checkpoint: Path, cifar10_dir: Path, full_eval: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,10 +1,11 @@
-"""dsnet.evaluation: robustness evaluation of checkpoints (`dsnet eval`) and RobustBench-style export.
+"""dsnet.evaluation: robustness evaluation of checkpoints (`dsnet eval`), and export for RobustBench and the Hub.
 
 `evaluate(checkpoint, data_dir, ...)` computes clean, FGSM, PGD-20, CW∞-30 and AutoAttack accuracy with the
 `paper` or `standard` preset, the worst case over them, AutoAttack's per-stage accuracies and warnings, and
 sanity checks for gradient masking; it resumes after an interruption, shards across `torchrun` ranks, and
-writes `report.json` and `report.md`. `export_model` / `load_exported` write and read a RobustBench-style
-model with its architecture spec and claim JSON.
+writes `report.json` and `report.md`. `export_model` / `load_exported` write and read a model with its architecture
+spec: RobustBench's `.pt` with its claim JSON, or the Hub's safetensors with a model card (`hf://` references are
+read through the Hub's cache, `dsnet.evaluation.hub`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ _EXPORTS = {
     "AttackOutcome": "report",
     "eps_fraction": "report",
     "export_model": "export",
-    "load_exported": "export",
+    "load_exported": "exported",
+    "read_export": "exported",
+    "find_export": "exported",
     "robustbench_claim": "export",
     "ExportResult": "export",
     "load_model_for_evaluation": "loading",

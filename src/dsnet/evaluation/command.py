@@ -70,6 +70,12 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=None,
                         help="where the report's points are (default: the data folder the report names)")
     parser.add_argument("--device", default="auto", help="device of the check on the report's points (default auto)")
+    parser.add_argument("--format", choices=("pt", "safetensors"), default=None,
+                        help="pt: NAME.pt + NAME.architecture.json (RobustBench's); safetensors: model.safetensors + "
+                             "config.json (the Hugging Face Hub's); default safetensors with --hub-card, else pt")
+    parser.add_argument("--hub-card", nargs="?", const=True, default=False, metavar="ORG/REPO",
+                        help="also write the Hub's model card README.md (results from --report), so the folder "
+                             "uploads as it is; ORG/REPO names the repository in its loading commands")
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -79,8 +85,8 @@ def run_export(args: argparse.Namespace) -> int:
     result = export_model(args.checkpoint, args.out_dir, report=args.report, name=args.name, model_name=args.model,
                           dataset=args.dataset, model_factory=args.model_factory, model_kwargs=args.model_kwargs,
                           normalize=tuple(args.normalize) if args.normalize else None, weights=args.weights,
-                          data_dir=args.data_dir, device=args.device)
-    for path in (result.weights, result.architecture, result.factory, result.claim):
+                          data_dir=args.data_dir, device=args.device, format=args.format, hub_card=args.hub_card)
+    for path in (result.weights, result.architecture, result.factory, result.claim, result.card):
         if path is not None:
             print(path)
     if result.verified is not None:

@@ -132,8 +132,9 @@ class EvalConfig:
     """Everything that decides an evaluation, checked when built (see the module docstring)."""
 
     checkpoint: str | None = option(None, group=_MODEL)
-    """A checkpoint of `dsnet train`, a tensors-only state dict (with --model or --model-factory), or
-    robustbench:NAME, a RobustBench entry read from --model-dir (`dsnet models --robustbench`)."""
+    """A checkpoint of `dsnet train`, a tensors-only state dict (.pt or .safetensors, with --model or
+    --model-factory), an export of `dsnet export` (its folder), hf://ORG/REPO[@REVISION][/FILE] for one on the
+    Hugging Face Hub, or robustbench:NAME, a RobustBench entry read from --model-dir (`dsnet models --robustbench`)."""
     model_dir: str | None = option(None, metavar="DIR", group=_MODEL)
     """RobustBench's model_dir, for --checkpoint robustbench:NAME: the file is DIR/<dataset>/<threat model>/NAME.pt
     (default ./models, RobustBench's)."""
@@ -210,6 +211,10 @@ class EvalConfig:
     """Discard an earlier evaluation in --out-dir instead of resuming it."""
     device: str = "auto"
     """auto, cpu or cuda (default auto)."""
+    math: str = option("fp32", choices=("fp32", "tf32"))  # dsnet.runtime.precision.MATH_MODES (no torch here)
+    """fp32 math of every attack: fp32 (default, IEEE everywhere) or tf32 (TF32 tensor cores for convolutions and
+    matmuls on NVIDIA Ampere and newer GPUs: faster, slightly different numbers; same as fp32 on a CPU). Recorded
+    in the report and the claim."""
     progress: bool = True
     """Show progress bars (rank 0, and only when stderr is a terminal)."""
 
@@ -362,10 +367,17 @@ def check_data_choice(dataset: str, split: str, suite: Suite) -> None:
 def default_out_dir(checkpoint: str | Path | None, preset: str, threat_model: str | Suite = "Linf",
                     model_name: str | None = None) -> Path:
     """`<checkpoint folder>/eval-<preset>` under L∞, `eval-<threat model>-<preset>` otherwise; for a model without
-    a checkpoint or a RobustBench entry, the same name with the model's or the entry's, in the working directory."""
+    a checkpoint, a RobustBench entry or a Hub model, the same name with the model's, the entry's or the repository's
+    (and revision's), in the working directory."""
     name = get_suite(threat_model).out_dir_name(preset)
     if checkpoint is None:
         return Path(f"{name}-{model_name or 'model'}")
+    if str(checkpoint).startswith("hf://"):  # a Hub model: its folder is the Hub's cache, not ours
+        from dsnet.evaluation.hub import parse_hub_reference
+
+        reference = parse_hub_reference(str(checkpoint))
+        at = f"@{reference.revision}" if reference.revision else ""
+        return Path(f"{name}-hf-{reference.repo.replace('/', '--')}{at.replace('/', '-')}")
     if str(checkpoint).startswith("robustbench:"):  # a RobustBench entry: its folder is RobustBench's cache, not ours
         return Path(f"{name}-{str(checkpoint).rpartition('/')[2].removeprefix('robustbench:')}")
     return Path(checkpoint).parent / name

@@ -72,7 +72,7 @@ from dsnet.evaluation.suite import Metric, Suite
 from dsnet.options import field_doc_block, keyword_signature
 from dsnet.runtime.distributed import DistributedContext, barrier, setup_distributed, teardown_distributed
 from dsnet.runtime.hashing import tensors_sha256
-from dsnet.runtime.precision import full_fp32
+from dsnet.runtime.precision import evaluation_math
 from dsnet.runtime.run_folder import FolderKind, RunFolder
 
 __all__ = ["evaluate", "Evaluation", "EVAL_WRITER", "evaluation_folder", "check_evaluation_folder"]
@@ -165,6 +165,8 @@ class Evaluation:
             "trained_with": self.loaded.trained_with, "batch_size": c.batch_size, "seed": c.seed,
             "overrides": self.plan.attack_overrides, "normalize": self.loaded.source.get("normalize"),
         }
+        if c.math != "fp32":  # (an evaluation in IEEE fp32 keeps the key it had before --math existed)
+            self.key["math"] = c.math
         if not c.restart:  # an earlier evaluation of other settings, weights or code is refused before data is read
             EvalState.check(self.out / STATE_NAME, self.key)
         # Several ranks downloading into one folder would race; under torchrun the data must be there already.
@@ -252,8 +254,9 @@ class Evaluation:
             clean_flags(model, self.images, self.labels, batch_size=c.batch_size, progress=self.bar("clean"))))
         metrics = plan.suite.metrics(self)
         state = self._open_state(metrics)
-        # True fp32: no autocast, no TF32 convolutions or matmuls (cuDNN's default on Ampere and newer GPUs).
-        with full_fp32(self.ctx.device.type) as math_mode:
+        # True fp32 (no autocast, no TF32 convolutions or matmuls, cuDNN's default on Ampere and newer GPUs) unless
+        # --math tf32 asks for TF32 on the GPU.
+        with evaluation_math(c.math, self.ctx.device.type) as math_mode:
             self.clean = self._metric(state, clean_metric).flags
             for metric in metrics:
                 self._metric(state, metric)
@@ -323,7 +326,7 @@ class Evaluation:
         device_name = (f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda"
                        else f"cpu ({torch.get_num_threads()} threads)")
         report = EvalReport(
-            checkpoint=str(loaded.checkpoint),
+            checkpoint=(loaded.source["hub"]["pinned"] if loaded.source.get("hub") else str(loaded.checkpoint)),
             model={"name": loaded.model_name, "kwargs": loaded.model_kwargs, "num_classes": loaded.num_classes,
                    "parameters": loaded.parameters, "weights_sha256": loaded.weights_sha256,
                    "epoch": loaded.trained_epochs, "trained_with": loaded.trained_with,
@@ -344,7 +347,7 @@ class Evaluation:
                    "eps_sweep": c.seed if sweep is not None else None},
             versions=_versions(),
             device={"type": device.type, "name": device_name, "world_size": self.ctx.world_size,
-                    "dtype": "float32", "math": math_mode},
+                    "dtype": "float32", "math_setting": c.math, "math": math_mode},
             runtime_s=time.perf_counter() - self.started,
             overrides={k: dict(v) for k, v in plan.attack_overrides.items()},
             threat_model=plan.suite.name,

@@ -1,19 +1,27 @@
 """Exporting a checkpoint as a RobustBench-style model, and loading it back.
 
-`export_model(checkpoint, out_dir, report=..., name=NAME)` writes into `out_dir`:
+`export_model(checkpoint, out_dir, report=..., name=NAME, format=...)` writes into `out_dir`, in one of two formats
+that hold the same things:
 
-- `NAME.pt`: `{"state_dict": ...}`, tensors only (loads with `torch.load(..., weights_only=True)`), fp32,
-  with the architecture's own keys: no `module.` or `_orig_mod.` prefix, no wrapper prefix;
-- `NAME.architecture.json`: what rebuilds the model (registered name, constructor kwargs, number of classes, or a
-  user's factory), the input convention (NCHW float in [0, 1], the per-channel normalisation the model applies
-  itself) and the weights file's SHA-256;
+- `pt` (RobustBench's submissions): `NAME.pt`, `{"state_dict": ...}`, tensors only (loads with
+  `torch.load(..., weights_only=True)`), and `NAME.architecture.json`;
+- `safetensors` (the Hugging Face Hub's, as `PyTorchModelHubMixin` and timm lay it out): `model.safetensors` and
+  `config.json`, read without unpickling anything; with `hub_card`, also the Hub's model card `README.md`
+  (`dsnet.evaluation.model_card`), so the folder uploads as it is and loads back as `hf://ORG/REPO`.
+
+The weights are fp32 with the architecture's own keys (no `module.`, `_orig_mod.` or wrapper prefix). The spec
+(`NAME.architecture.json` / `config.json`) is what rebuilds the model: registered name, constructor kwargs, number
+of classes and their names, or a user's factory; the input convention (NCHW float in [0, 1], the per-channel
+normalisation the model applies itself); and the weights' SHA-256 (of the file and of the tensors). Besides:
+
 - `NAME.factory.py` (a model built by `--model-factory` only): a copy of the factory's file, which
   `load_exported` imports after checking its digest;
 - `model_info/<dataset>/<Linf|L2|corruptions>/NAME.json` (only with a report): the claim in RobustBench's format
   and place, with clean and robust accuracy filled in from `report.json` (AutoAttack for Linf and L2, the mean
   over the 15 corruptions × 5 severities for corruptions) and the bibliographic fields left empty. A report whose
   threat model has no leaderboard (L1), or whose ε is not the leaderboard's (the paper's 0.031 instead of 8/255),
-  is refused before any file is written.
+  is refused before any file is written; a safetensors export, which is for the Hub, takes any report into its
+  card and writes the claim only for a leaderboard's.
 
 **An export is the model that was evaluated.** With a report, the export takes the evaluation's model as the
 report describes it: its normalisation (`--normalize`), its factory and arguments, which weights of a checkpoint
@@ -27,12 +35,12 @@ highest logits are within float noise of each other (`FLAG_TIE`) may flip betwee
 manifest (`dsnet.runtime.ownership`): `--name last` in a run folder is refused (last.pt is the training run's), as
 is any name that a person or another command wrote, and an earlier export whose files were edited by hand.
 
-`load_exported(out_dir)` rebuilds the model from those files: inputs in [0, 1], normalisation inside (mean 0 and
-std 1 for a model that needs none), fp32, eval mode.
+`load_exported(out_dir)` rebuilds the model from those files, or from `hf://ORG/REPO[@REVISION]` through the Hub's
+cache (`dsnet.evaluation.hub`): inputs in [0, 1], normalisation inside (mean 0 and std 1 for a model that needs
+none), fp32, eval mode. `read_export` is the reading half, which `dsnet eval --checkpoint FOLDER` uses too.
 
-The normalisation is a forward pre-hook with non-persistent buffers on the network itself, rather than a
-wrapper module: a wrapper would prefix every key (`model.stem.weight`), and RobustBench's loader strips
-`model.` from keys. This way the exported state dict loads into `create_model(...)` unchanged.
+The reading half (`load_exported`, `read_export`, `find_export`, `with_input_normalization`) lives in
+`dsnet.evaluation.exported` and is importable from here too.
 """
 
 from __future__ import annotations
@@ -49,21 +57,34 @@ import torch
 import torch.nn as nn
 
 import dsnet
-from dsnet.errors import CheckpointError, ConfigError, DsnetError
+from dsnet.errors import ConfigError, DsnetError
+from dsnet.evaluation.exported import (
+    EXPORT_FORMAT,
+    SPEC_SUFFIX,
+    ExportedFiles,
+    _as_exported,
+    _instantiate,
+    build_exported,
+    find_export,
+    load_exported,
+    read_export,
+    with_input_normalization,
+)
 from dsnet.evaluation.report import dumps_json, flags_from_string
 from dsnet.runtime.files import ensure_writable_folder, write_atomic, write_text_atomic
 from dsnet.runtime.hashing import file_sha256, tensors_sha256
 from dsnet.runtime.ownership import FolderFiles
 
-__all__ = ["export_model", "load_exported", "robustbench_claim", "claim_path", "with_input_normalization",
-           "ExportResult", "EXPORT_FORMAT", "EXPORT_WRITER", "FLAG_TIE"]
+__all__ = ["export_model", "load_exported", "read_export", "find_export", "ExportedFiles", "robustbench_claim",
+           "claim_path", "with_input_normalization", "ExportResult", "EXPORT_FORMAT", "EXPORT_FORMATS",
+           "EXPORT_WRITER", "FLAG_TIE"]
 
 logger = logging.getLogger(__name__)
 
-EXPORT_FORMAT = "dsnet-export/1"
+EXPORT_FORMATS = ("pt", "safetensors")
+"""File formats of `dsnet export --format`: RobustBench's pickled-tensors `.pt`, or the Hub's safetensors."""
 EXPORT_WRITER = "dsnet export"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_SPEC_SUFFIX = ".architecture.json"
 _FACTORY_SUFFIX = ".factory.py"
 _HINT = "choose another --name or --out-dir"
 
@@ -77,11 +98,12 @@ class ExportResult:
     """The files `export_model` wrote, and what it checked against the report.
 
     Attributes:
-        weights: `NAME.pt`.
-        architecture: `NAME.architecture.json`.
+        weights: `NAME.pt` or `model.safetensors`.
+        architecture: `NAME.architecture.json` or `config.json`.
         claim: the RobustBench claim (with a report).
         factory: the copy of the factory's file (for a model of `--model-factory`).
         verified: with a report: points checked, how many agree with the report's clean flags, near-ties.
+        card: the Hub model card `README.md` (with `hub_card`).
     """
 
     weights: Path
@@ -89,36 +111,7 @@ class ExportResult:
     claim: Path | None
     factory: Path | None = None
     verified: dict[str, Any] | None = None
-
-
-def with_input_normalization(model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> nn.Module:
-    """Makes `model` normalise its [0, 1] input itself: x -> (x - mean) / std before its forward.
-
-    The constants are non-persistent buffers (they follow `.to(device)` but stay out of the state dict) and
-    the step is a forward pre-hook, so the state dict keeps exactly the architecture's keys.
-
-    Args:
-        model: maps normalised images to logits.
-        mean: per-channel mean (3 values).
-        std: per-channel standard deviation (3 values, > 0).
-
-    Returns:
-        The same module, now mapping (B, 3, H, W) images in [0, 1] to logits.
-    """
-    from dsnet.evaluation.config import check_normalization
-
-    mean, std = check_normalization(mean, std, channels=len(mean))
-    if hasattr(model, "input_mean"):
-        raise ValueError("the model normalises its input already")
-    model.register_buffer("input_mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-    model.register_buffer("input_std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-
-    def normalize(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-        x, *rest = args
-        return ((x - module.input_mean) / module.input_std, *rest)
-
-    model.register_forward_pre_hook(normalize)
-    return model
+    card: Path | None = None
 
 
 def robustbench_claim(report: Mapping[str, Any], *, architecture: str, additional_data: bool = False) -> dict[str, Any]:
@@ -126,7 +119,8 @@ def robustbench_claim(report: Mapping[str, Any], *, architecture: str, additiona
 
     Accuracies are percentages as strings with two decimals; `reported` is the report's number for the
     leaderboard, as its suite says (AutoAttack's accuracy for Linf and L2, the mean corruption accuracy for the
-    corruptions); link, name, authors and venue are left empty for the user.
+    corruptions); link, name, authors and venue are left empty for the user. `evaluation_math` (ours, which
+    RobustBench's loaders ignore) says whether the attacks ran in IEEE fp32 or TF32 (`dsnet eval --math`).
 
     Args:
         report: the content of a `report.json` written by `dsnet eval`.
@@ -155,6 +149,8 @@ def robustbench_claim(report: Mapping[str, Any], *, architecture: str, additiona
         "venue": "",
         "architecture": architecture,
         **suite.leaderboard_numbers(report),
+        # not a RobustBench field: the fp32 math the attacks ran in (`dsnet eval --math`), IEEE unless TF32 was asked
+        "evaluation_math": (report.get("device") or {}).get("math_setting", "fp32"),
     }
     selection = report.get("selection") or {}
     if selection.get("n", 0) < selection.get("total", 0):
@@ -198,6 +194,8 @@ def _from_report(report: Mapping[str, Any] | None, path: object, given: dict[str
     model = report["model"]
     source = model.get("source") or {}
     kind = source.get("kind")
+    if kind == "dsnet export":  # an export's architecture, arguments and input convention come with its files
+        return {**given, "dataset": given.get("dataset") or report.get("dataset")}
     if kind == "module":
         raise ConfigError(f"{path} evaluated a module handed to evaluate() from Python, which an export cannot "
                           "rebuild; write a factory for it and evaluate with --model-factory")
@@ -317,34 +315,6 @@ def _verify_clean_flags(model: nn.Module, report: Mapping[str, Any], report_path
             "data_dir": str(folder)}
 
 
-def _instantiate(spec: Mapping[str, Any], factory_file: Path | None, device: torch.device | str) -> nn.Module:
-    """The network a spec describes, without weights: a registered architecture, or a factory's (`factory_file`)."""
-    from dsnet.models import create_model
-
-    factory = spec.get("factory")
-    if factory:
-        from dsnet.evaluation.factory import load_factory
-
-        assert factory_file is not None
-        model, _ = load_factory(f"{factory_file}:{factory['function']}", dict(factory.get("kwargs") or {}))
-    else:
-        model = create_model(spec["model_name"], num_classes=int(spec["num_classes"]),
-                             **dict(spec.get("model_kwargs") or {}))
-    return model.to(device)
-
-
-def _as_exported(network: nn.Module, state_dict: Mapping[str, torch.Tensor], spec: Mapping[str, Any],
-                 path: object) -> nn.Module:
-    """`network` with the exported weights and the spec's input normalisation, fp32, eval mode: what a user of the
-    export gets."""
-    from dsnet.runtime.checkpoint import load_model_state
-
-    load_model_state(network, dict(state_dict), path=path, expected_name=spec["model_name"])
-    normalization = spec["input"]["normalization"]
-    with_input_normalization(network, normalization["mean"], normalization["std"])
-    return network.float().eval()
-
-
 def export_model(
     checkpoint: str | Path | None,
     out_dir: str | Path,
@@ -359,8 +329,10 @@ def export_model(
     weights: str | None = None,
     data_dir: str | Path | None = None,
     device: torch.device | str = "cpu",
+    format: str | None = None,
+    hub_card: bool | str = False,
 ) -> ExportResult:
-    """Writes a model as a RobustBench-style export (see the module docstring).
+    """Writes a model as a RobustBench-style or Hub-style export (see the module docstring).
 
     Args:
         checkpoint: a checkpoint written by `dsnet train`, or a tensors-only state dict (with `model_name`, or the
@@ -377,6 +349,10 @@ def export_model(
         weights: "auto", "ema" or "raw", for a checkpoint with a weight average (default: the report's).
         data_dir: where the report's points are (default: the folder the report names).
         device: where the check on the report's points runs ("cpu", "cuda", "auto").
+        format: "pt" (`NAME.pt` + `NAME.architecture.json`) or "safetensors" (`model.safetensors` + `config.json`);
+            default safetensors with `hub_card`, else pt.
+        hub_card: also write the Hub's model card `README.md` (safetensors only); a string names the repository
+            ("ORG/REPO") in the card's loading instructions.
 
     Returns:
         The paths written and what was verified.
@@ -387,10 +363,20 @@ def export_model(
             report the export does not reproduce, or one that has no leaderboard claim.
         OverwriteError: a name that would replace a file this command did not write (nothing is written).
     """
+    from dsnet.evaluation.hub import EXPORT_CONFIG, EXPORT_WEIGHTS
     from dsnet.evaluation.loading import NormalizedInput, load_model_for_evaluation
-    from dsnet.runtime.checkpoint import save_checkpoint
+    from dsnet.runtime.checkpoint import save_checkpoint, save_safetensors
     from dsnet.runtime.distributed import resolve_device
 
+    format = format or ("safetensors" if hub_card else "pt")
+    if format not in EXPORT_FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, got {format!r}")
+    if hub_card and format != "safetensors":
+        raise ConfigError("--hub-card describes a Hub export, which is safetensors: use --format safetensors")
+    if isinstance(hub_card, str):
+        from dsnet.evaluation.hub import parse_hub_reference
+
+        hub_card = parse_hub_reference(hub_card).repo
     out = ensure_writable_folder(out_dir)  # before anything is loaded
     device = resolve_device(str(device), option="--device")
     report_data = _read_report(report) if report is not None else None
@@ -402,6 +388,9 @@ def export_model(
     loaded = load_model_for_evaluation(checkpoint, device="cpu", weights=options.get("weights") or "auto",
                                        **{k: options.get(k) for k in ("model_name", "dataset", "model_factory",
                                                                       "model_kwargs", "normalize")})
+    if ((loaded.source.get("export") or {}).get("factory")):
+        raise ConfigError(f"{checkpoint} is an export of a --model-factory model; export it again from its weights "
+                          "with --model-factory (the factory's code is not re-exported from a copy)")
     network = loaded.model.model if isinstance(loaded.model, NormalizedInput) else loaded.model
     factory = loaded.source if loaded.source.get("kind") == "factory" else None
     name = name or (str(factory["factory"]).rpartition(":")[2] if factory else loaded.model_name)
@@ -411,12 +400,20 @@ def export_model(
     if report_data is not None:  # refused before any file is written
         _check_report_is_of(report_data, loaded, report, checkpoint)
         additional = bool(((loaded.config.get("data") or {}).get("svhn_extra")))
-        claim = robustbench_claim(report_data, architecture=loaded.model_name, additional_data=additional)
-    weights_path = out / f"{name}.pt"
-    spec_path = out / f"{name}{_SPEC_SUFFIX}"
+        try:
+            claim = robustbench_claim(report_data, architecture=loaded.model_name, additional_data=additional)
+        except ConfigError as error:
+            if format != "safetensors":  # a RobustBench export exists for its claim
+                raise
+            # the Hub takes any evaluation (its card says which); only a leaderboard's gets RobustBench's claim
+            logger.info("no RobustBench claim: %s", error)
+    safetensors = format == "safetensors"
+    weights_path = out / (EXPORT_WEIGHTS if safetensors else f"{name}.pt")
+    spec_path = out / (EXPORT_CONFIG if safetensors else f"{name}{SPEC_SUFFIX}")
     factory_path = out / f"{name}{_FACTORY_SUFFIX}" if factory else None
     claim_file = claim_path(out, report_data, name) if claim is not None else None
-    names = [p.relative_to(out).as_posix() for p in (weights_path, spec_path, factory_path, claim_file)
+    card_path = out / "README.md" if hub_card else None
+    names = [p.relative_to(out).as_posix() for p in (weights_path, spec_path, factory_path, claim_file, card_path)
              if p is not None]
     files = FolderFiles(out)
     files.check(names, EXPORT_WRITER, hint=_HINT)
@@ -429,16 +426,21 @@ def export_model(
     num_channels = next(iter(t for t in state_dict.values() if t.dim() == 4)).shape[1]
     mean, std = ((list(loaded.source["normalize"]["mean"]), list(loaded.source["normalize"]["std"]))
                  if loaded.source.get("normalize") else ([0.0] * num_channels, [1.0] * num_channels))
+    from dsnet.data import DATASETS
+
     spec: dict[str, Any] = {
         "format": EXPORT_FORMAT,
+        "library": "dsnet",
         "name": name,
         "model_name": loaded.model_name,
         "model_kwargs": loaded.model_kwargs if factory is None else {},
         "num_classes": loaded.num_classes,
         "dataset": loaded.dataset,
+        "classes": list(DATASETS.get(loaded.dataset).classes),
         "input": {"layout": "NCHW", "shape": [int(num_channels), 32, 32], "range": [0.0, 1.0], "dtype": "float32",
                   "normalization": {"mean": mean, "std": std, "applied_by": "the model (forward pre-hook)"}},
-        "weights": {"file": weights_path.name, "layout": "{'state_dict': ...}",
+        "weights": {"file": weights_path.name,
+                    "layout": "safetensors: the state dict" if safetensors else "torch.save: {'state_dict': ...}",
                     "tensors_sha256": loaded.weights_sha256, "which": loaded.source.get("weights")},
         "trained_with": loaded.trained_with,
         "source_checkpoint": str(checkpoint) if checkpoint is not None else None,
@@ -461,13 +463,26 @@ def export_model(
                               "verified": verified}
 
     files.reserve(names, EXPORT_WRITER, hint=_HINT)
-    save_checkpoint({"state_dict": state_dict}, weights_path, hint="free disk space and export again")
+    if safetensors:
+        save_safetensors(state_dict, weights_path, hint="free disk space and export again",
+                         metadata={"format": "pt", "library": "dsnet", "dsnet_export": EXPORT_FORMAT,
+                                   "model_name": loaded.model_name})
+    else:
+        save_checkpoint({"state_dict": state_dict}, weights_path, hint="free disk space and export again")
     spec["weights"]["sha256"] = file_sha256(weights_path)
     if factory_path is not None:
         source_bytes = Path(factory["file"]).read_bytes()
         write_atomic(factory_path, lambda handle: handle.write(source_bytes), hint="free disk space and export again")
         spec["factory"]["sha256"] = file_sha256(factory_path)
     write_text_atomic(spec_path, dumps_json(spec) + "\n")
+    if card_path is not None:
+        from dsnet.evaluation.model_card import model_card
+
+        if report_data is None:
+            logger.warning("the model card has no results: pass --report (a report.json of `dsnet eval` on this "
+                           "model) to put its numbers in the card")
+        write_text_atomic(card_path, model_card(spec, report_data, repo=hub_card if isinstance(hub_card, str)
+                                                else None))
     if claim_file is not None and claim is not None:
         if "footnote" in claim:
             logger.warning("the report covers %s of %s test points; RobustBench expects the full test set",
@@ -478,7 +493,7 @@ def export_model(
     # The round trip: the files must rebuild the model that was checked, logit for logit.
     from dsnet.evaluation.loading import probe_images
 
-    reloaded = load_exported(out, name=name, device=device)
+    reloaded = build_exported(read_export(spec_path), device)
     x = probe_images(int(num_channels), device=device)
     with torch.no_grad():
         if not torch.equal(reloaded(x), exported(x)) or not torch.equal(exported(x), loaded.model.to(device)(x)):
@@ -488,59 +503,6 @@ def export_model(
         logger.info("the export reproduces the clean flags of %s on its %d points (%d near-ties)", report,
                     verified["points"], verified["near_ties"])
     logger.info("exported %s to %s", checkpoint or factory["factory"], out)  # type: ignore[index]
-    return ExportResult(weights_path, spec_path, claim_file, factory_path, verified)
+    return ExportResult(weights_path, spec_path, claim_file, factory_path, verified, card_path)
 
 
-def load_exported(directory: str | Path, *, name: str | None = None, device: torch.device | str = "cpu") -> nn.Module:
-    """Rebuilds a model written by `export_model`.
-
-    Args:
-        directory: the export folder.
-        name: which export, when the folder holds several; default the only one.
-        device: where the model goes.
-
-    Returns:
-        The model: (B, 3, H, W) float images in [0, 1] -> logits, normalisation inside, fp32, eval mode.
-
-    Raises:
-        CheckpointError: no export in the folder, several without `name`, a weights file that does not match its
-            checksum, or weights of another architecture.
-    """
-    from dsnet.runtime.checkpoint import load_checkpoint
-
-    folder = Path(directory)
-    specs = sorted(folder.glob(f"*{_SPEC_SUFFIX}")) if name is None else [folder / f"{name}{_SPEC_SUFFIX}"]
-    if not specs or not specs[0].is_file():
-        found = ", ".join(p.name for p in folder.glob(f"*{_SPEC_SUFFIX}")) or "none"
-        raise CheckpointError(f"no exported model {name or ''} in {folder} (architecture files: {found}); "
-                              "write one with `dsnet export`")
-    if len(specs) > 1:
-        names = ", ".join(p.name[: -len(_SPEC_SUFFIX)] for p in specs)
-        raise CheckpointError(f"{folder} holds several exported models ({names}); pass name=")
-    spec_path = specs[0]
-    try:
-        spec = json.loads(spec_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise CheckpointError(f"cannot read {spec_path} ({error})") from None
-    if spec.get("format") != EXPORT_FORMAT:
-        raise CheckpointError(f"{spec_path} is not a dsnet export (format {spec.get('format')!r})")
-    weights_path = folder / spec["weights"]["file"]
-    if not weights_path.is_file():
-        raise CheckpointError(f"{weights_path} is missing; export the model again")
-    if file_sha256(weights_path) != spec["weights"]["sha256"]:
-        raise CheckpointError(f"{weights_path} does not match the checksum in {spec_path.name}; it was modified or "
-                              "is corrupt")
-    payload = load_checkpoint(weights_path)
-    state_dict = payload.get("state_dict")
-    if not isinstance(state_dict, dict):
-        raise CheckpointError(f"{weights_path} holds no 'state_dict'")
-    factory_file = None
-    if spec.get("factory"):
-        factory_file = folder / spec["factory"]["file"]
-        if not factory_file.is_file():
-            raise CheckpointError(f"{factory_file} is missing; it builds the network of {spec_path.name}: export the "
-                                  "model again")
-        if file_sha256(factory_file) != spec["factory"].get("sha256"):
-            raise CheckpointError(f"{factory_file} does not match the checksum in {spec_path.name}; the model's code "
-                                  "was modified since the export")
-    return _as_exported(_instantiate(spec, factory_file, "cpu"), state_dict, spec, weights_path).to(device)

@@ -17,6 +17,13 @@ Files are read with `torch.load(..., weights_only=True)`, as one of two kinds:
   `--weights` chooses as for our checkpoints: `dsnet.runtime.checkpoint.find_state_dict`): the architecture comes
   from `model_name` (`--model NAME`) and the dataset from `dataset` (`--dataset`).
 
+- an export of `dsnet export` (`model.safetensors` + `config.json`, or `NAME.pt` + `NAME.architecture.json`), given
+  as its folder or its weights file: the architecture, its arguments, the dataset, the objective and the input
+  normalisation come from the export's spec, and the weights are checked against its digest;
+
+and `hf://ORG/REPO[@REVISION][/FILE]` is any of these on the Hugging Face Hub, read through its cache
+(`dsnet.evaluation.hub`; the commit used is recorded in the source). A `.safetensors` file is never unpickled.
+
 A state dict saved through a wrapper (`module.` of DDP, `_orig_mod.` of `torch.compile`, a script's `model.`) loads
 as it is; missing or unexpected keys are one line that counts and names them. `normalize=(mean, std)` makes the model
 normalise its [0, 1] input itself (for models trained on normalised images). The model comes back in fp32 and
@@ -38,6 +45,7 @@ import torch.nn as nn
 
 from dsnet.errors import ConfigError, NonFiniteError, UnknownNameError
 from dsnet.evaluation.config import WEIGHT_CHOICES, check_normalization
+from dsnet.evaluation.hub import is_hub_reference, resolve_hub_checkpoint
 from dsnet.models.robustbench import ROBUSTBENCH_PREFIX
 from dsnet.runtime.hashing import model_code_sha256, state_dict_sha256
 
@@ -261,6 +269,58 @@ def _normalize_record(normalize: tuple[Any, Any] | None) -> dict[str, list[float
                                            "std": [float(v) for v in normalize[1]]}
 
 
+def _exported(files: Any, *, dataset: str | None, trained_with: str | None, device: torch.device | str,
+              given: dict[str, Any], hub: dict[str, Any] | None) -> LoadedModel:
+    """A model of `dsnet export`, rebuilt from its spec (`dsnet.evaluation.export.ExportedFiles`).
+
+    Raises:
+        ConfigError: an option that the export's spec decides (--model, --model-kwargs, --normalize, --weights), or a
+            dataset with another number of classes.
+    """
+    from dsnet.evaluation.exported import _instantiate
+    from dsnet.runtime.checkpoint import load_model_state
+
+    spec, where = files.spec, files.spec_path
+    flags = {"model_name": "--model", "model_kwargs": "--model-kwargs", "normalize": "--normalize",
+             "model_factory": "--model-factory"}
+    for key, flag in flags.items():
+        if given.get(key):
+            raise ConfigError(f"{where} is an export, which says its architecture and input normalisation itself; "
+                              f"drop {flag}")
+    if given.get("weights") not in (None, "auto"):
+        raise ConfigError(f"{where} is an export, which holds one set of weights; drop --weights")
+    num_classes = int(spec["num_classes"])
+    dataset = dataset or spec.get("dataset")
+    if dataset is None:
+        raise ConfigError(f"{where} does not say which dataset the model is for; pass --dataset")
+    if _dataset_classes(dataset) != num_classes:
+        raise ConfigError(f"{where} has {num_classes} classes but {dataset} has {_dataset_classes(dataset)}; pass "
+                          f"the --dataset it was trained on ({spec.get('dataset')})")
+    config = {"objective": {"name": spec["trained_with"]}} if spec.get("trained_with") else {}
+    trained, trained_source = _trained_with(trained_with, config, where)
+    if trained_with is None and spec.get("trained_with"):
+        trained_source = f"the export's {where.name}"
+    network = _instantiate(spec, files.factory_file, "cpu")
+    load_model_state(network, dict(files.state_dict), path=files.weights_path, expected_name=spec["model_name"])
+    weights_sha256 = state_dict_sha256(network.state_dict().items())
+    normalization = spec["input"]["normalization"]
+    identity = all(float(m) == 0.0 for m in normalization["mean"]) and all(float(v) == 1.0 for v in normalization["std"])
+    normalize = None if identity else (tuple(normalization["mean"]), tuple(normalization["std"]))
+    code = model_code_sha256(network, [files.factory_file] if files.factory_file is not None else [])
+    model, responds, randomness = _ready(network, num_classes, dataset, device, normalize)
+    source = {"kind": "dsnet export", "checkpoint": str(files.weights_path),
+              "weights": f"exported weights ({files.weights_path.name}, {files.format})",
+              "export": {"format": files.format, "name": spec.get("name"), "spec": where.name,
+                         "weights_file_sha256": spec["weights"].get("sha256"),
+                         "factory": (spec.get("factory") or {}).get("function")},
+              "normalize": _normalize_record(normalize),
+              **({"hub": hub} if hub is not None else {})}
+    return LoadedModel(model=model, model_name=str(spec["model_name"]), model_kwargs=dict(spec.get("model_kwargs") or {}),
+                       num_classes=num_classes, dataset=dataset, trained_with=trained, trained_with_source=trained_source,
+                       checkpoint=files.weights_path, weights_sha256=weights_sha256, source=source, code=code,
+                       responds_to_input=responds, randomness=randomness)
+
+
 def load_model_for_evaluation(
     checkpoint: str | Path | None = None,
     *,
@@ -278,8 +338,9 @@ def load_model_for_evaluation(
     """Loads a training checkpoint or a tensors-only state dict into its architecture, or readies a user's model.
 
     Args:
-        checkpoint: a file written by `dsnet train`, or a tensors-only state dict (bare or in a training script's
-            dict); or "robustbench:NAME" (or robustbench:DATASET/THREAT_MODEL/NAME), a RobustBench entry of
+        checkpoint: a file written by `dsnet train`, a tensors-only state dict (bare or in a training script's
+            dict, or a `.safetensors` file), an export of `dsnet export` (its folder or weights file), any of these
+            on the Hub as "hf://ORG/REPO[@REVISION][/FILE]"; or "robustbench:NAME" (or robustbench:DATASET/THREAT_MODEL/NAME), a RobustBench entry of
             `dsnet.models.robustbench`, read from RobustBench's folder layout under `model_dir` and built as the
             entry says; optional with `model` or `model_factory` (the weights they were built with are used then).
         model_name: the architecture; required for a bare state dict; for a training checkpoint, building
@@ -313,19 +374,31 @@ def load_model_for_evaluation(
         raise ConfigError(f"--weights must be one of {', '.join(WEIGHT_CHOICES)}, got {weights!r}")
     if sum(x is not None for x in (model, model_factory, model_name)) > 1:
         raise ConfigError("give one of a model, --model-factory and --model, not several")
+    hub = None
+    if checkpoint is not None and is_hub_reference(checkpoint):
+        checkpoint, hub = resolve_hub_checkpoint(str(checkpoint))
+    on_hub = {"hub": hub} if hub is not None else {}
     if model is not None:
         if not isinstance(model, nn.Module):
             raise ConfigError(f"model must be a torch.nn.Module, got a {type(model).__name__}")
-        origin = {"kind": "module", "class": f"{type(model).__module__}.{type(model).__qualname__}"}
+        origin = {"kind": "module", "class": f"{type(model).__module__}.{type(model).__qualname__}", **on_hub}
         return _user_model(model, origin, checkpoint, dataset, trained_with, device, normalize, weights)
     if model_factory is not None:
         from dsnet.evaluation.factory import load_factory
 
         built, factory = load_factory(model_factory, model_kwargs)
-        return _user_model(built, factory.record(), checkpoint, dataset, trained_with, device, normalize, weights)
+        return _user_model(built, {**factory.record(), **on_hub}, checkpoint, dataset, trained_with, device, normalize,
+                           weights)
     if checkpoint is None:
         raise ConfigError("nothing to evaluate: pass --checkpoint (or --model-factory, or model= from Python)")
     entry = None
+    from dsnet.evaluation.exported import find_export, read_export
+
+    spec_path = find_export(checkpoint)
+    if spec_path is not None:
+        return _exported(read_export(spec_path), dataset=dataset, trained_with=trained_with, device=device, hub=hub,
+                         given={"model_name": model_name, "model_kwargs": model_kwargs, "normalize": normalize,
+                                "weights": weights})
     if str(checkpoint).startswith(ROBUSTBENCH_PREFIX):
         from dsnet.models.robustbench import resolve_checkpoint
 
@@ -396,7 +469,8 @@ def load_model_for_evaluation(
         config=config,
         source={"kind": "dsnet checkpoint" if ours else "state dict", "checkpoint": str(path),
                 "weights": weights_used, "weights_choice": choice, "normalize": _normalize_record(normalize),
-                **({"robustbench": {"entry": entry.key, "claim": entry.claim}} if entry is not None else {})},
+                **({"robustbench": {"entry": entry.key, "claim": entry.claim}} if entry is not None else {}),
+                **on_hub},
         code=model_code_sha256(model),
         responds_to_input=responds,
         randomness=randomness,

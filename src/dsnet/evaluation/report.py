@@ -384,7 +384,8 @@ class EvalReport:
             f"- model source: {_source_text(model.get('source') or {})}",
             f"- preset {self.preset}: {self._preset_note()}",
             f"- seeds: {', '.join(f'{k} {v}' for k, v in self.seeds.items())}",
-            f"- device: {self.device.get('name')} × {self.device.get('world_size')} process(es), fp32",
+            f"- device: {self.device.get('name')} × {self.device.get('world_size')} process(es), "
+            f"{'TF32 (--math tf32)' if self.device.get('math_setting') == 'tf32' else 'IEEE fp32'}",
             f"- versions: {', '.join(f'{k} {v}' for k, v in self.versions.items())}",
             f"- runtime: {self.runtime_s:.1f} s for this call; per metric: "
             + ", ".join(f"{o.short_label} {o.runtime_s:.1f} s" for o in self.outcomes),
@@ -469,4 +470,8 @@ def _source_text(source: dict[str, Any]) -> str:
         parts.append(f"inputs normalised with mean {source['normalize']['mean']} std {source['normalize']['std']}")
     if source.get("robustbench"):
         parts.append(f"RobustBench entry {source['robustbench']['entry']}")
+    if source.get("hub"):
+        hub = source["hub"]
+        parts.append(f"Hugging Face Hub {hub['repo']} at commit {hub.get('commit')} (asked for {hub['revision']}; "
+                     f"files {', '.join(hub['files'])})")
     return ", ".join(parts)

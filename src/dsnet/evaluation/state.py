@@ -37,6 +37,7 @@ _MEANING = {
     "weights_sha256": "the weights",
     "inputs_sha256": "the corrupted images",
     "versions": "the versions of dsnet and torch",
+    "math": "--math; None is IEEE fp32",
 }
 """What a key that holds a digest stands for, in messages."""
 

@@ -1,7 +1,9 @@
 """Checkpoint I/O: written atomically, loaded safely, and checked against the model they are loaded into.
 
 A checkpoint is a dict of tensors and plain Python values only, so `torch.load(..., weights_only=True)`
-reads it and a checkpoint from the internet cannot run code. It is written through
+reads it and a checkpoint from the internet cannot run code. Weights shared with the field are safetensors files
+(`save_safetensors`, `load_safetensors`): a JSON header and raw tensor bytes, read without any unpickling at all;
+`load_checkpoint` reads one as `{"state_dict": tensors}`, so every reader of a state dict takes both. It is written through
 `dsnet.runtime.files.write_atomic`: a reader never sees a half-written file, and a crash or a full disk while
 writing leaves the previous checkpoint intact. Training, evaluation, export and the analyses all load through
 here, so every one of them refuses the same files with the same message.
@@ -22,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from dsnet.errors import CheckpointError, NonFiniteError
-from dsnet.runtime.files import remove_temp_files, save_torch_atomic
+from dsnet.runtime.files import remove_temp_files, save_torch_atomic, write_atomic
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -36,6 +38,9 @@ __all__ = [
     "remove_temp_files",
     "load_tensors_file",
     "load_checkpoint",
+    "save_safetensors",
+    "load_safetensors",
+    "is_safetensors_file",
     "load_model_state",
     "check_finite_tensors",
     "capture_rng_state",
@@ -127,14 +132,69 @@ def _pickled_global(path: Path) -> str | None:
     return None
 
 
+def is_safetensors_file(path: str | Path) -> bool:
+    """A `.safetensors` file, or any file that starts as one does: an 8-byte little-endian header length, then a
+    JSON object."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return True
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(9)
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") < 100_000_000
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, *, metadata: dict[str, str] | None = None,
+                     hint: str = "free disk space and rerun") -> Path:
+    """Writes `tensors` as a safetensors file, atomically (`dsnet.runtime.files.write_atomic`).
+
+    Each tensor is stored as its own contiguous CPU copy, so tensors that shared memory (tied weights, views) are
+    written, which safetensors otherwise refuses.
+    """
+    from safetensors.torch import save
+
+    data = save({key: value.detach().to("cpu", copy=True).contiguous() for key, value in tensors.items()},
+                metadata=metadata)
+    return write_atomic(path, lambda handle: handle.write(data), hint=hint)
+
+
+def load_safetensors(path: str | Path, map_location: str | torch.device = "cpu",
+                     what: str = "weights") -> dict[str, torch.Tensor]:
+    """Reads a safetensors file: tensors only, never unpickled.
+
+    Raises:
+        CheckpointError: the file is missing, truncated or not a safetensors file.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        where = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise CheckpointError(f"{what} {path} {where}; check the path")
+    try:
+        tensors = load_file(path, device=str(map_location))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        detail = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise CheckpointError(f"{what} {path} is truncated or not a safetensors file ({detail[:120]}); download or "
+                              "export it again") from None
+    if not tensors:
+        raise CheckpointError(f"{what} {path} holds no tensors; download or export it again")
+    return tensors
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Reads a checkpoint (a dict) with `weights_only=True`.
+    """Reads a checkpoint (a dict) with `weights_only=True`, or a safetensors file as `{"state_dict": tensors}`.
 
     Raises:
         CheckpointError: the file is missing, truncated, not a checkpoint, or holds pickled objects that would
             run code (which we refuse to load).
     """
     path = Path(path)
+    if path.is_file() and is_safetensors_file(path):
+        return {"state_dict": load_safetensors(path, map_location, what="checkpoint")}
     state = load_tensors_file(path, map_location)
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} is not a checkpoint (it holds a {type(state).__name__}, not a dict)")

@@ -18,7 +18,12 @@ from typing import Any
 
 import torch
 
-__all__ = ["Precision", "resolve_precision", "full_fp32", "math_mode"]
+__all__ = ["Precision", "resolve_precision", "full_fp32", "math_mode", "evaluation_math", "MATH_MODES"]
+
+MATH_MODES = ("fp32", "tf32")
+"""The evaluator's fp32 math (`--math`): "fp32" is IEEE fp32 everywhere (the default, what a reported number
+means); "tf32" lets NVIDIA GPUs (Ampere and newer) run fp32 convolutions and matmuls on TF32 tensor cores (10-bit
+mantissa), faster and slightly different; on a CPU it computes what "fp32" does."""
 
 # The per-backend switches of torch >= 2.9 ("ieee" = true fp32, "tf32", "bf16", "none" = inherit).
 _PRECISION_PATHS = ("cuda.matmul", "cudnn.conv", "cudnn.rnn", "mkldnn.matmul", "mkldnn.conv", "mkldnn.rnn")
@@ -45,8 +50,12 @@ def math_mode() -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def full_fp32(device_type: str = "cuda") -> Iterator[dict[str, Any]]:
+def full_fp32(device_type: str = "cuda", gpu: str = "ieee") -> Iterator[dict[str, Any]]:
     """IEEE fp32 for every convolution and matmul, and autocast off, inside the block; restored afterwards.
+
+    Args:
+        device_type: the autocast device type to switch off.
+        gpu: "tf32" lets cuBLAS and cuDNN (only) use TF32 tensor cores instead (`evaluation_math("tf32")`).
 
     Yields:
         `math_mode()` as it is inside the block (what a report records).
@@ -64,11 +73,11 @@ def full_fp32(device_type: str = "cuda") -> Iterator[dict[str, Any]]:
         if legacy is None:
             for path, backend in backends.items():
                 if backend is not None:
-                    backend.fp32_precision = "ieee"
+                    backend.fp32_precision = gpu if path.startswith("cud") else "ieee"
         else:
-            torch.backends.cuda.matmul.allow_tf32 = False
-            torch.backends.cudnn.allow_tf32 = False
-            torch.set_float32_matmul_precision("highest")
+            torch.backends.cuda.matmul.allow_tf32 = gpu == "tf32"
+            torch.backends.cudnn.allow_tf32 = gpu == "tf32"
+            torch.set_float32_matmul_precision("high" if gpu == "tf32" else "highest")
         with torch.autocast(device_type=device_type, enabled=False):
             yield math_mode()
     finally:
@@ -78,6 +87,17 @@ def full_fp32(device_type: str = "cuda") -> Iterator[dict[str, Any]]:
         else:
             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = legacy
             torch.set_float32_matmul_precision(saved_matmul)
+
+
+def evaluation_math(mode: str = "fp32", device_type: str = "cuda") -> contextlib.AbstractContextManager:
+    """The evaluator's math for `--math` (`MATH_MODES`): `full_fp32`, or the same with TF32 on NVIDIA GPUs.
+
+    Raises:
+        ValueError: an unknown mode.
+    """
+    if mode not in MATH_MODES:
+        raise ValueError(f"--math must be one of {', '.join(MATH_MODES)}, got {mode!r}")
+    return full_fp32(device_type, gpu="tf32" if mode == "tf32" else "ieee")
 
 
 @dataclass(frozen=True)
