@@ -70,7 +70,7 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,7 +81,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-from dsnet.attacks.autoattack import AutoAttack
+from dsnet.attacks.autoattack import AutoAttack, toy_budgets
 from dsnet.models import create_model, split_parameters
 from dsnet.objectives import build_objective
 from dsnet.runtime.distributed import (
@@ -284,27 +284,6 @@ def run_amp(plan: Plan, device: torch.device, budget: float, out: dict[str, Any]
 
 
 # -------------------------------------------------------------------------------------------------- autoattack
-@contextlib.contextmanager
-def reduced_autoattack() -> Iterator[None]:
-    """The reference's attacks with toy budgets while open (smoke only): 5 iterations, 2 target classes, 50 Square
-    queries. The adapter builds its reference object inside `run`, so it picks these up; restored on exit."""
-    import pyautoattack
-
-    original = pyautoattack.AutoAttack._set_version
-
-    def set_version(self: Any, version: str = "standard") -> None:
-        original(self, version)
-        self.apgd.n_iter = self.apgd_targeted.n_iter = self.fab.n_iter = 5
-        self.apgd_targeted.n_target_classes = self.fab.n_target_classes = 2
-        self.square.n_queries = 50
-
-    pyautoattack.AutoAttack._set_version = set_version
-    try:
-        yield
-    finally:
-        pyautoattack.AutoAttack._set_version = original
-
-
 def run_autoattack(plan: Plan, device: torch.device, budget: float, weights: dict[str, torch.Tensor] | None,
                    out: dict[str, Any]) -> None:
     """Section c: the same chunks of points under `evaluation_math("fp32")` and `("tf32")`, alternating."""
@@ -324,7 +303,7 @@ def run_autoattack(plan: Plan, device: torch.device, budget: float, weights: dic
                labels="the model's fp32 predictions (smoke)" if plan.aa_predicted_labels else "the data's")
     flags: dict[str, list[torch.Tensor]] = {"fp32": [], "tf32": []}
     seconds = {"fp32": 0.0, "tf32": 0.0}
-    with reduced_autoattack() if plan.aa_reduced else contextlib.nullcontext():
+    with toy_budgets() if plan.aa_reduced else contextlib.nullcontext():
         for mode in flags:  # warm-up: cuDNN picks its algorithms per math mode, outside the timings
             with evaluation_math(mode, device.type), torch.enable_grad():
                 xw = x[: plan.aa_chunk].clone().requires_grad_(True)

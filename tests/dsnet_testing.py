@@ -10,10 +10,8 @@ import pickle
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import pytest
 
 CIFAR10_CLASSES = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
 
@@ -82,18 +80,9 @@ points for the evaluation tests."""
 @contextmanager
 def small_autoattack() -> Iterator[None]:
     """The reference AutoAttack with tiny budgets (5 iterations, one restart, 2 target classes, 50 Square queries),
-    only while the context is open; a direct call of the reference inside the context gets the same budgets."""
-    import pyautoattack
+    only while the context is open; a direct call of the reference inside the context gets the same budgets
+    (`dsnet.attacks.autoattack.toy_budgets`)."""
+    from dsnet.attacks.autoattack import toy_budgets
 
-    original = pyautoattack.AutoAttack._set_version
-
-    def set_version(self: Any, version: str) -> None:
-        original(self, version)
-        self.apgd.n_iter = self.apgd_targeted.n_iter = self.fab.n_iter = 5
-        self.apgd.n_restarts = 1  # the L1 version's 5 (L∞ and L2 have 1 already)
-        self.apgd_targeted.n_target_classes = self.fab.n_target_classes = 2
-        self.square.n_queries = 50
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(pyautoattack.AutoAttack, "_set_version", set_version)
+    with toy_budgets():
         yield

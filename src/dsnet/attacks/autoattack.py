@@ -59,7 +59,7 @@ from dsnet.runtime.hashing import tensors_sha256
 from dsnet.runtime.records import SAVED_NOW, differences
 from dsnet.validate import check_int, check_number
 
-__all__ = ["AutoAttack", "AutoAttackResult", "AUTOATTACK_VERSIONS", "AUTOATTACK_NORMS", "STATE_FILES"]
+__all__ = ["AutoAttack", "AutoAttackResult", "AUTOATTACK_VERSIONS", "AUTOATTACK_NORMS", "STATE_FILES", "toy_budgets"]
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +150,29 @@ def _stage_settings(aa: Any, stage: str) -> dict[str, Any]:
         return {"n_iter": aa.fab.n_iter, "n_restarts": 1, "n_target_classes": aa.fab.n_target_classes}
     return {"n_queries": aa.square.n_queries, "p_init": aa.square.p_init, "n_restarts": aa.square.n_restarts,
             "rescale_schedule": aa.square.rescale_schedule}
+
+
+@contextmanager
+def toy_budgets() -> Iterator[None]:
+    """The reference's attacks with toy budgets while open, for smoke runs and tests only (the numbers mean nothing):
+    5 iterations, one APGD restart, 2 target classes, 50 Square queries. Every reference object built inside the
+    block gets them (the adapter builds its own inside `run`, and so does a direct call of the reference); the
+    version's own budgets are back on exit."""
+    reference = _reference()
+    original = reference.AutoAttack._set_version
+
+    def set_version(self: Any, version: str = "standard") -> None:
+        original(self, version)
+        self.apgd.n_iter = self.apgd_targeted.n_iter = self.fab.n_iter = 5
+        self.apgd.n_restarts = 1  # the L1 version's 5 (L∞ and L2 have 1 already)
+        self.apgd_targeted.n_target_classes = self.fab.n_target_classes = 2
+        self.square.n_queries = 50
+
+    reference.AutoAttack._set_version = set_version
+    try:
+        yield
+    finally:
+        reference.AutoAttack._set_version = original
 
 
 @dataclass(frozen=True)
