@@ -191,3 +191,12 @@ def test_tf32_mode_computes_what_fp32_does_on_a_cpu() -> None:
 def test_an_unknown_math_mode_is_refused(mode: str) -> None:
     with pytest.raises(ValueError, match="fp32, tf32"):
         evaluation_math(mode, "cpu")
+
+
+def test_the_eval_config_offers_exactly_the_math_modes_and_refuses_others() -> None:
+    from dsnet.errors import ConfigError
+    from dsnet.evaluation.config import MATH_CHOICES, EvalConfig
+
+    assert MATH_CHOICES == MATH_MODES  # spelt twice so that `dsnet -h` imports no torch
+    with pytest.raises(ConfigError, match="--math must be one of 'fp32', 'tf32', got 'bf16'"):
+        EvalConfig(checkpoint="model.pt", math="bf16")

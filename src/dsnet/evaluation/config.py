@@ -22,13 +22,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dsnet.errors import ConfigError
+from dsnet.evaluation.hub import is_hub_reference, parse_hub_reference
 from dsnet.options import option
 
 if TYPE_CHECKING:
     from dsnet.evaluation.suite import Preset, Suite
 
 __all__ = ["EvalConfig", "EvalPlan", "get_suite", "suite_names", "default_out_dir", "check_normalization",
-           "check_data_choice", "parse_channels", "WEIGHT_CHOICES", "CURVES", "AUTOATTACK_VERSION_CHOICES"]
+           "check_data_choice", "parse_channels", "WEIGHT_CHOICES", "CURVES", "AUTOATTACK_VERSION_CHOICES",
+           "MATH_CHOICES"]
 
 CURVES = ("eps", "steps")
 """The curves `--curve` draws: accuracy against ε (security curve), against attack iterations (convergence)."""
@@ -36,6 +38,9 @@ CURVES = ("eps", "steps")
 AUTOATTACK_VERSION_CHOICES = ("standard", "plus", "rand")
 """`--autoattack-version` (the reference's versions; the same as `dsnet.attacks.autoattack.AUTOATTACK_VERSIONS`,
 spelt here so that `dsnet -h` imports no torch)."""
+
+MATH_CHOICES = ("fp32", "tf32")
+"""`--math` (the same as `dsnet.runtime.precision.MATH_MODES`, spelt here so that `dsnet -h` imports no torch)."""
 
 WEIGHT_CHOICES = ("auto", "ema", "raw")
 """Which weights of a training checkpoint to evaluate: auto (the weight average when there is one), ema, raw."""
@@ -211,7 +216,7 @@ class EvalConfig:
     """Discard an earlier evaluation in --out-dir instead of resuming it."""
     device: str = "auto"
     """auto, cpu or cuda (default auto)."""
-    math: str = option("fp32", choices=("fp32", "tf32"))  # dsnet.runtime.precision.MATH_MODES (no torch here)
+    math: str = option("fp32", choices=MATH_CHOICES)
     """fp32 math of every attack: fp32 (default, IEEE everywhere) or tf32 (TF32 tensor cores for convolutions and
     matmuls on NVIDIA Ampere and newer GPUs: faster, slightly different numbers; same as fp32 on a CPU). Recorded
     in the report and the claim."""
@@ -239,6 +244,7 @@ class EvalConfig:
                 list(steps) != sorted(set(steps)):
             problems.add(f"--curve-steps takes increasing iteration counts >= 1 such as 10 20 50, got {list(steps)}")
         problems.choice("--weights", self.weights, WEIGHT_CHOICES)
+        problems.choice("--math", self.math, MATH_CHOICES)
         if self.n_examples is not None and self.subset is not None:
             problems.add("--n-examples and --subset exclude each other; pass one of them")
         if self.normalize is not None:
@@ -372,9 +378,7 @@ def default_out_dir(checkpoint: str | Path | None, preset: str, threat_model: st
     name = get_suite(threat_model).out_dir_name(preset)
     if checkpoint is None:
         return Path(f"{name}-{model_name or 'model'}")
-    if str(checkpoint).startswith("hf://"):  # a Hub model: its folder is the Hub's cache, not ours
-        from dsnet.evaluation.hub import parse_hub_reference
-
+    if is_hub_reference(checkpoint):  # a Hub model: its folder is the Hub's cache, not ours
         reference = parse_hub_reference(str(checkpoint))
         at = f"@{reference.revision}" if reference.revision else ""
         return Path(f"{name}-hf-{reference.repo.replace('/', '--')}{at.replace('/', '-')}")

@@ -388,7 +388,7 @@ def export_model(
     loaded = load_model_for_evaluation(checkpoint, device="cpu", weights=options.get("weights") or "auto",
                                        **{k: options.get(k) for k in ("model_name", "dataset", "model_factory",
                                                                       "model_kwargs", "normalize")})
-    if ((loaded.source.get("export") or {}).get("factory")):
+    if (loaded.source.get("export") or {}).get("factory"):
         raise ConfigError(f"{checkpoint} is an export of a --model-factory model; export it again from its weights "
                           "with --model-factory (the factory's code is not re-exported from a copy)")
     network = loaded.model.model if isinstance(loaded.model, NormalizedInput) else loaded.model

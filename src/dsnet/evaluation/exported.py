@@ -26,7 +26,7 @@ from dsnet.errors import CheckpointError
 from dsnet.runtime.hashing import file_sha256
 
 __all__ = ["load_exported", "read_export", "find_export", "build_exported", "ExportedFiles",
-           "with_input_normalization", "EXPORT_FORMAT", "SPEC_SUFFIX"]
+           "with_input_normalization", "spec_normalization", "EXPORT_FORMAT", "SPEC_SUFFIX"]
 
 EXPORT_FORMAT = "dsnet-export/1"
 SPEC_SUFFIX = ".architecture.json"
@@ -61,6 +61,16 @@ def with_input_normalization(model: nn.Module, mean: Sequence[float], std: Seque
 
     model.register_forward_pre_hook(normalize)
     return model
+
+
+def spec_normalization(spec: Mapping[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The (mean, std) an export's model applies to its [0, 1] input; None for a model that needs none (the spec
+    then records mean 0 and std 1)."""
+    normalization = (spec.get("input") or {}).get("normalization") or {}
+    mean, std = tuple(normalization.get("mean") or ()), tuple(normalization.get("std") or ())
+    if all(float(m) == 0.0 for m in mean) and all(float(v) == 1.0 for v in std):
+        return None
+    return mean, std
 
 
 def _instantiate(spec: Mapping[str, Any], factory_file: Path | None, device: torch.device | str) -> nn.Module:
@@ -114,13 +124,28 @@ class ExportedFiles:
         return "safetensors" if self.weights_path.name.endswith(".safetensors") else "pt"
 
 
+def _read_spec(path: Path) -> dict[str, Any]:
+    """The content of a dsnet export's spec.
+
+    Raises:
+        CheckpointError: an unreadable file, or one that is not a spec of `dsnet export`.
+    """
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"cannot read {path} ({error})") from None
+    if not isinstance(spec, dict) or spec.get("format") != EXPORT_FORMAT:
+        found = spec.get("format") if isinstance(spec, dict) else None
+        raise CheckpointError(f"{path} is not a dsnet export (format {found!r})")
+    return spec
+
+
 def _spec_or_none(path: Path) -> dict[str, Any] | None:
     """The content of `path` if it is a dsnet export's spec, else None."""
     try:
-        spec = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return _read_spec(path)
+    except CheckpointError:
         return None
-    return spec if isinstance(spec, dict) and spec.get("format") == EXPORT_FORMAT else None
 
 
 def _exports_in(folder: Path) -> dict[str, Path]:
@@ -180,13 +205,7 @@ def read_export(spec_path: str | Path) -> ExportedFiles:
     from dsnet.runtime.checkpoint import load_checkpoint
 
     spec_path = Path(spec_path)
-    try:
-        spec = json.loads(spec_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise CheckpointError(f"cannot read {spec_path} ({error})") from None
-    if not isinstance(spec, dict) or spec.get("format") != EXPORT_FORMAT:
-        found = spec.get("format") if isinstance(spec, dict) else None
-        raise CheckpointError(f"{spec_path} is not a dsnet export (format {found!r})")
+    spec = _read_spec(spec_path)
     folder = spec_path.parent
     weights_path = folder / spec["weights"]["file"]
     if not weights_path.is_file():

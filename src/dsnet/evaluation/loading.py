@@ -277,7 +277,7 @@ def _exported(files: Any, *, dataset: str | None, trained_with: str | None, devi
         ConfigError: an option that the export's spec decides (--model, --model-kwargs, --normalize, --weights), or a
             dataset with another number of classes.
     """
-    from dsnet.evaluation.exported import _instantiate
+    from dsnet.evaluation.exported import _instantiate, spec_normalization
     from dsnet.runtime.checkpoint import load_model_state
 
     spec, where = files.spec, files.spec_path
@@ -303,9 +303,7 @@ def _exported(files: Any, *, dataset: str | None, trained_with: str | None, devi
     network = _instantiate(spec, files.factory_file, "cpu")
     load_model_state(network, dict(files.state_dict), path=files.weights_path, expected_name=spec["model_name"])
     weights_sha256 = state_dict_sha256(network.state_dict().items())
-    normalization = spec["input"]["normalization"]
-    identity = all(float(m) == 0.0 for m in normalization["mean"]) and all(float(v) == 1.0 for v in normalization["std"])
-    normalize = None if identity else (tuple(normalization["mean"]), tuple(normalization["std"]))
+    normalize = spec_normalization(spec)
     code = model_code_sha256(network, [files.factory_file] if files.factory_file is not None else [])
     model, responds, randomness = _ready(network, num_classes, dataset, device, normalize)
     source = {"kind": "dsnet export", "checkpoint": str(files.weights_path),
@@ -315,8 +313,9 @@ def _exported(files: Any, *, dataset: str | None, trained_with: str | None, devi
                          "factory": (spec.get("factory") or {}).get("function")},
               "normalize": _normalize_record(normalize),
               **({"hub": hub} if hub is not None else {})}
-    return LoadedModel(model=model, model_name=str(spec["model_name"]), model_kwargs=dict(spec.get("model_kwargs") or {}),
-                       num_classes=num_classes, dataset=dataset, trained_with=trained, trained_with_source=trained_source,
+    return LoadedModel(model=model, model_name=str(spec["model_name"]),
+                       model_kwargs=dict(spec.get("model_kwargs") or {}), num_classes=num_classes, dataset=dataset,
+                       trained_with=trained, trained_with_source=trained_source,
                        checkpoint=files.weights_path, weights_sha256=weights_sha256, source=source, code=code,
                        responds_to_input=responds, randomness=randomness)
 
@@ -340,7 +339,8 @@ def load_model_for_evaluation(
     Args:
         checkpoint: a file written by `dsnet train`, a tensors-only state dict (bare or in a training script's
             dict, or a `.safetensors` file), an export of `dsnet export` (its folder or weights file), any of these
-            on the Hub as "hf://ORG/REPO[@REVISION][/FILE]"; or "robustbench:NAME" (or robustbench:DATASET/THREAT_MODEL/NAME), a RobustBench entry of
+            on the Hub as "hf://ORG/REPO[@REVISION][/FILE]"; or "robustbench:NAME" (or
+            robustbench:DATASET/THREAT_MODEL/NAME), a RobustBench entry of
             `dsnet.models.robustbench`, read from RobustBench's folder layout under `model_dir` and built as the
             entry says; optional with `model` or `model_factory` (the weights they were built with are used then).
         model_name: the architecture; required for a bare state dict; for a training checkpoint, building

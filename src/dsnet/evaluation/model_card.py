@@ -133,8 +133,10 @@ def model_card(spec: Mapping[str, Any], report: Mapping[str, Any] | None, *, rep
         report: the `report.json` of its evaluation (None: a card without results).
         repo: "ORG/REPO" the folder will be uploaded to, for the loading commands (default: written as ORG/REPO).
     """
+    from dsnet.evaluation.exported import spec_normalization
+
     where = repo or "ORG/REPO"
-    normalization = (spec.get("input") or {}).get("normalization") or {}
+    normalize = spec_normalization(spec)
     kwargs = spec.get("model_kwargs") or {}
     lines = [
         "---",
@@ -148,9 +150,8 @@ def model_card(spec: Mapping[str, Any], report: Mapping[str, Any] | None, *, rep
         "dsnet as safetensors.",
         "",
         "- input: (B, 3, 32, 32) float images in [0, 1]; "
-        + ("no normalisation" if all(float(m) == 0 for m in normalization.get("mean") or [0]) and
-           all(float(v) == 1 for v in normalization.get("std") or [1])
-           else f"the model normalises them itself (mean {normalization.get('mean')}, std {normalization.get('std')})"),
+        + ("no normalisation" if normalize is None
+           else f"the model normalises them itself (mean {list(normalize[0])}, std {list(normalize[1])})"),
         f"- weights: `{(spec.get('weights') or {}).get('file')}`, sha256 `{(spec.get('weights') or {}).get('sha256')}`",
         "",
     ]

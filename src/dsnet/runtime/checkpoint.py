@@ -3,10 +3,10 @@
 A checkpoint is a dict of tensors and plain Python values only, so `torch.load(..., weights_only=True)`
 reads it and a checkpoint from the internet cannot run code. Weights shared with the field are safetensors files
 (`save_safetensors`, `load_safetensors`): a JSON header and raw tensor bytes, read without any unpickling at all;
-`load_checkpoint` reads one as `{"state_dict": tensors}`, so every reader of a state dict takes both. It is written through
-`dsnet.runtime.files.write_atomic`: a reader never sees a half-written file, and a crash or a full disk while
-writing leaves the previous checkpoint intact. Training, evaluation, export and the analyses all load through
-here, so every one of them refuses the same files with the same message.
+`load_checkpoint` reads one as `{"state_dict": tensors}`, so every reader of a state dict takes both. Either is
+written through `dsnet.runtime.files.write_atomic`: a reader never sees a half-written file, and a crash or a full
+disk while writing leaves the previous checkpoint intact. Training, evaluation, export and the analyses all load
+through here, so every one of them refuses the same files with the same message.
 """
 
 from __future__ import annotations
