@@ -21,7 +21,7 @@ from dsnet.attacks import FGSM, PGD, CWInf
 from dsnet.cli import main
 from dsnet.config import config_from_dict
 from dsnet.errors import CheckpointError, ConfigError
-from dsnet.evaluation import evaluate, export_model, load_exported, load_model_for_evaluation
+from dsnet.evaluation import evaluate, export_model, load_exported, load_model_for_evaluation, robustbench_claim
 from dsnet.models import create_model
 from dsnet.training.trainer import train
 
@@ -344,6 +344,9 @@ def test_export_round_trip_and_robustbench_claim(checkpoint: Path, full_eval: Pa
     assert claim["autoattack_acc"] == claim["reported"] == f"{100 * report['accuracy']['autoattack']:.2f}"
     assert claim["additional_data"] is False and claim["number_forward_passes"] == 1
     assert "16 of 40" in claim["footnote"]  # not the full test set
+    assert claim["evaluation_math"] == "fp32"  # which fp32 math the attacks ran in (`--math`), from the report
+    tf32 = {**report, "device": {**report["device"], "math_setting": "tf32"}}
+    assert robustbench_claim(tf32, architecture="dsnet_tiny")["evaluation_math"] == "tf32"
 
     other = tmp_path / "other.pt"
     state = torch.load(checkpoint, weights_only=True)
